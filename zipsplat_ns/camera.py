@@ -1,0 +1,219 @@
+"""Pinhole camera intrinsics, batched.
+
+A :class:`Camera` packs ``[w, h, fx, fy, cx, cy]`` (pixels) in its last dimension; any leading dimensions are batch
+dimensions. Pixel ``(0, 0)`` is the top-left *corner* of the image, so pixel centres sit at ``i + 0.5`` (the
+convention of nerfstudio, gsplat and the ZipSplat reference).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from zipsplat_ns.tensor_checks import as_float_tensor, check_finite, check_last_dims
+
+Number = Union[int, float]
+ScaleLike = Union[Number, Tuple[Number, Number], Sequence[Number], Tensor]
+
+
+class Camera:
+    """Pinhole intrinsics ``[w, h, fx, fy, cx, cy]`` with arbitrary batch shape."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Float[Tensor, "*batch 6"]):
+        data = as_float_tensor(data, "Camera data")
+        check_last_dims(data, (6,), "Camera data ([w, h, fx, fy, cx, cy])")
+        check_finite(data, "Camera data")
+        if (data[..., 0:2] <= 0).any():
+            raise ValueError(f"Camera: image size must be positive, got w/h = {data[..., 0:2].flatten()[:8].tolist()}")
+        if (data[..., 2:4] <= 0).any():
+            raise ValueError(
+                f"Camera: focal lengths must be positive, got fx/fy = {data[..., 2:4].flatten()[:8].tolist()}"
+            )
+        self.data = data
+
+    # ----------------------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_K(cls, K: Float[Tensor, "*batch 3 3"], w: Union[Number, Tensor], h: Union[Number, Tensor]) -> "Camera":
+        """From a calibration matrix and the image size."""
+        K = as_float_tensor(K, "K")
+        check_last_dims(K, (3, 3), "K")
+        if (K[..., 0, 1].abs() > 1e-6 * K[..., 0, 0].abs()).any():
+            raise ValueError("Camera.from_K: skewed calibration matrices (K[0,1] != 0) are not supported")
+        batch = K.shape[:-2]
+        wt = torch.as_tensor(w, dtype=K.dtype, device=K.device).expand(batch)
+        ht = torch.as_tensor(h, dtype=K.dtype, device=K.device).expand(batch)
+        return cls(torch.stack([wt, ht, K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]], -1))
+
+    @classmethod
+    def from_focal(
+        cls,
+        fx: Union[Number, Tensor],
+        fy: Union[Number, Tensor, None] = None,
+        *,
+        w: Union[Number, Tensor],
+        h: Union[Number, Tensor],
+        cx: Union[Number, Tensor, None] = None,
+        cy: Union[Number, Tensor, None] = None,
+    ) -> "Camera":
+        """From focal lengths in pixels; ``fy`` defaults to ``fx`` and the principal point to the image centre."""
+        fx_t = torch.as_tensor(fx, dtype=torch.float32)
+        fy_t = fx_t if fy is None else torch.as_tensor(fy, dtype=torch.float32)
+        w_t = torch.as_tensor(w, dtype=torch.float32)
+        h_t = torch.as_tensor(h, dtype=torch.float32)
+        cx_t = w_t / 2 if cx is None else torch.as_tensor(cx, dtype=torch.float32)
+        cy_t = h_t / 2 if cy is None else torch.as_tensor(cy, dtype=torch.float32)
+        parts = torch.broadcast_tensors(w_t, h_t, fx_t, fy_t, cx_t, cy_t)
+        return cls(torch.stack(parts, -1))
+
+    @classmethod
+    def from_fov(
+        cls,
+        fov_x: Union[Number, Tensor],
+        fov_y: Union[Number, Tensor, None] = None,
+        *,
+        w: Union[Number, Tensor],
+        h: Union[Number, Tensor],
+    ) -> "Camera":
+        """From field(s) of view in radians: ``f = size / (2 tan(fov / 2))``; ``fov_y`` defaults to ``fov_x``."""
+        fx_fov = torch.as_tensor(fov_x, dtype=torch.float32)
+        fy_fov = fx_fov if fov_y is None else torch.as_tensor(fov_y, dtype=torch.float32)
+        if ((fx_fov <= 0) | (fx_fov >= math.pi) | (fy_fov <= 0) | (fy_fov >= math.pi)).any():
+            raise ValueError(f"Camera.from_fov: field of view must be in (0, pi) radians, got {fov_x}, {fov_y}")
+        w_t = torch.as_tensor(w, dtype=torch.float32)
+        h_t = torch.as_tensor(h, dtype=torch.float32)
+        fx = w_t / (2 * torch.tan(fx_fov / 2))
+        fy = h_t / (2 * torch.tan(fy_fov / 2))
+        return cls.from_focal(fx, fy, w=w_t, h=h_t)
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape[:-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> Float[Tensor, "*batch 2"]:
+        """Image size ``(w, h)`` in pixels."""
+        return self.data[..., 0:2]
+
+    @property
+    def f(self) -> Float[Tensor, "*batch 2"]:
+        return self.data[..., 2:4]
+
+    @property
+    def c(self) -> Float[Tensor, "*batch 2"]:
+        return self.data[..., 4:6]
+
+    @property
+    def K(self) -> Float[Tensor, "*batch 3 3"]:
+        K = self.data.new_zeros(*self.shape, 3, 3)
+        K[..., 0, 0] = self.data[..., 2]
+        K[..., 1, 1] = self.data[..., 3]
+        K[..., 0, 2] = self.data[..., 4]
+        K[..., 1, 2] = self.data[..., 5]
+        K[..., 2, 2] = 1
+        return K
+
+    @property
+    def hfov(self) -> Float[Tensor, "*batch"]:
+        return 2 * torch.atan(self.data[..., 0] / (2 * self.data[..., 2]))
+
+    @property
+    def vfov(self) -> Float[Tensor, "*batch"]:
+        return 2 * torch.atan(self.data[..., 1] / (2 * self.data[..., 3]))
+
+    # ---------------------------------------------------------------------------------------------- transforms
+    def scale(self, factor: ScaleLike) -> "Camera":
+        """Resize the image by ``factor`` (scalar or ``(sx, sy)``): size, focal length and principal point scale."""
+        s = torch.as_tensor(factor, dtype=self.dtype, device=self.device)
+        if s.ndim == 0 or s.shape[-1] != 2:
+            s = s[..., None].expand(*s.shape, 2)
+        if (s <= 0).any():
+            raise ValueError(f"Camera.scale: factors must be positive, got {factor}")
+        s6 = torch.cat([s, s, s], -1)
+        return Camera(self.data * s6)
+
+    def crop(self, pad: ScaleLike) -> "Camera":
+        """Pad (positive) or crop (negative) symmetrically: size += pad, c += pad / 2."""
+        p = torch.as_tensor(pad, dtype=self.dtype, device=self.device)
+        if p.ndim == 0 or p.shape[-1] != 2:
+            p = p[..., None].expand(*p.shape, 2)
+        zeros = torch.zeros_like(p)
+        return Camera(self.data + torch.cat([p, zeros, p / 2], -1))
+
+    def crop_box(self, left: Number, top: Number, width: Number, height: Number) -> "Camera":
+        """Crop to the pixel box ``[left, left+width) x [top, top+height)``."""
+        d = self.data.clone()
+        d[..., 0] = width
+        d[..., 1] = height
+        d[..., 4] -= left
+        d[..., 5] -= top
+        return Camera(d)
+
+    # ------------------------------------------------------------------------------------------ tensor plumbing
+    def to(self, *args, **kwargs) -> "Camera":
+        return Camera(self.data.to(*args, **kwargs))
+
+    def cpu(self) -> "Camera":
+        return self.to("cpu")
+
+    def cuda(self) -> "Camera":
+        return self.to("cuda")
+
+    def clone(self) -> "Camera":
+        return Camera(self.data.clone())
+
+    def detach(self) -> "Camera":
+        return Camera(self.data.detach())
+
+    def reshape(self, *shape: int) -> "Camera":
+        return Camera(self.data.reshape(*shape, 6))
+
+    def __getitem__(self, index) -> "Camera":
+        if not isinstance(index, tuple):
+            index = (index,)
+        return Camera(self.data[index + (slice(None),)])
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of an unbatched Camera")
+        return self.shape[0]
+
+    @staticmethod
+    def stack(cameras: Sequence["Camera"], dim: int = 0) -> "Camera":
+        return Camera(torch.stack([c.data for c in cameras], dim if dim >= 0 else dim - 1))
+
+    @staticmethod
+    def cat(cameras: Sequence["Camera"], dim: int = 0) -> "Camera":
+        if dim < 0:
+            dim -= 1
+        return Camera(torch.cat([c.data for c in cameras], dim))
+
+    def __repr__(self) -> str:
+        return f"Camera(shape={tuple(self.shape)}, data={self.data if self.data.numel() <= 12 else '...'})"
+
+
+def ensure_camera(camera: Union[Camera, Tensor], name: str = "camera") -> Camera:
+    """Accept a :class:`Camera` or a raw ``(..., 6)`` tensor."""
+    if isinstance(camera, Camera):
+        return camera
+    if isinstance(camera, Tensor):
+        return Camera(camera)
+    raise TypeError(f"{name}: expected a zipsplat_ns.Camera or a (..., 6) tensor, got {type(camera).__name__}")
+
+
+__all__ = ["Camera", "ensure_camera"]
+
