@@ -1,0 +1,224 @@
+"""Shard format: writer/reader round trips, the depth codec, a spec-built tar, corruption handling, shard tools."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zipsplat_ns.data.depth_codec import decode_depth, encode_depth, quantize_depth
+from zipsplat_ns.data.images import decode_image, encode_image
+from zipsplat_ns.data.scene import RawScene, SceneError
+from zipsplat_ns.data.shard_tools import check_shards, repack_shards
+from zipsplat_ns.data.shards import ShardWriter, iter_scenes, list_shards, read_index, read_scene, write_shards
+
+
+def make_scene(key: str, n: int = 4, depth: bool = True, seed: int = 0, h: int = 24, w: int = 32) -> RawScene:
+    rng = np.random.default_rng(seed)
+    cams = np.tile(np.array([[w, h, 30.0, 31.0, w / 2, h / 2]], np.float32), (n, 1))
+    poses = np.tile(np.array([[1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]], np.float32), (n, 1))
+    poses[:, 9] = np.arange(n) * 0.1
+    imgs = [encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "png") for _ in range(n)]
+    if not depth:
+        return RawScene(key, cams, poses, imgs, meta={"source": "test"})
+    deps = [encode_depth(rng.uniform(0.5, 20.0, (h, w))) for _ in range(n)]
+    return RawScene(key, cams, poses, imgs, [d for d, _ in deps], [r for _, r in deps], {"source": "test"})
+
+
+def assert_same_scene(a: RawScene, b: RawScene) -> None:
+    assert a.key == b.key and a.meta_json() == b.meta_json()
+    assert a.cameras.tobytes() == b.cameras.tobytes() and a.poses.tobytes() == b.poses.tobytes()
+    assert a.images == b.images and a.depths == b.depths
+    assert (a.depth_ranges is None) == (b.depth_ranges is None)
+    if a.depth_ranges is not None:
+        assert np.array_equal(np.asarray(a.depth_ranges), np.asarray(b.depth_ranges))
+
+
+def test_writer_round_trip_is_bit_identical_with_rotation(tmp_path):
+    scenes = [make_scene(f"scene_{i}", depth=i % 2 == 0, seed=i) for i in range(7)]
+    index = write_shards(scenes, tmp_path / "out", shard_size_mb=0.01)
+    shards = list_shards(tmp_path / "out")
+    assert len(shards) > 1 and [p.name for p in shards][0] == "shard-000000.tar"
+    assert read_index(tmp_path / "out") == index and set(index) == {s.key for s in scenes}
+    back = [s for p in shards for s in iter_scenes(p)]
+    assert [s.key for s in back] == [s.key for s in scenes]
+    for a, b in zip(scenes, back):
+        assert_same_scene(a, b)
+    assert_same_scene(read_scene(tmp_path / "out", "scene_5"), scenes[5])
+    # nothing but shards and the index is left behind
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([p.name for p in shards] + ["index.json"])
+
+
+def test_member_names_and_order_follow_the_format(tmp_path):
+    write_shards([make_scene("abc", n=2)], tmp_path)
+    with tarfile.open(tmp_path / "shard-000000.tar") as tar:
+        names = tar.getnames()
+    assert names == ["abc.meta.json", "abc.cameras.npy", "abc.poses.npy", "abc.img0.png", "abc.img1.png",
+                     "abc.dep0.webp", "abc.dep1.webp", "abc.depth_ranges.json"]  # fmt: skip
+
+
+def test_a_shard_built_byte_by_byte_from_the_spec_reads(tmp_path):
+    """Build a tar with tarfile only, following the format description, and read it with our reader."""
+    n, h, w = 3, 10, 12
+    rng = np.random.default_rng(5)
+    cams = np.array([[w, h, 9.0, 9.5, 6.0, 5.0]] * n, np.float32)
+    poses = np.array([[1, 0, 0, 0, 1, 0, 0, 0, 1, i, 0, 0] for i in range(n)], np.float32)
+    imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+    depth = rng.uniform(1, 3, (h, w))
+    path = tmp_path / "shard-000000.tar"
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    def png(a):
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    codes, (dmin, dmax) = quantize_depth(depth)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(codes, mode="L").save(buf, format="WEBP", lossless=True)
+    members = [("k1.meta.json", json.dumps({"num_views": n, "has_depth": True}).encode()),
+               ("k1.cameras.npy", npy(cams)), ("k1.poses.npy", npy(poses))]  # fmt: skip
+    members += [(f"k1.img{i}.png", png(imgs[i])) for i in range(n)]
+    members += [(f"k1.dep{i}.webp", buf.getvalue()) for i in range(n)]
+    members += [("k1.depth_ranges.json", json.dumps([[dmin, dmax]] * n).encode())]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (scene,) = list(iter_scenes(path))
+    assert scene.key == "k1" and scene.num_views == n and scene.has_depth
+    np.testing.assert_array_equal(scene.cameras, cams)
+    np.testing.assert_array_equal(scene.poses, poses)
+    for i in range(n):
+        np.testing.assert_array_equal(decode_image(scene.images[i]), imgs[i])
+    d = decode_depth(scene.depths[0], scene.depth_ranges[0])
+    valid = d > 0
+    assert valid.mean() > 0.95
+    assert np.abs(d[valid] - depth[valid]).max() / depth[valid].min() < 0.01
+
+
+@pytest.mark.parametrize("lo, hi", [(0.1, 1.0), (0.5, 50.0), (0.3, 45.0), (1.0, 250.0)])
+def test_depth_codec_relative_error_below_one_percent(lo, hi):
+    """Half a log-code: max relative error expm1(ln(d_max / d_min) / 508), below 1 % up to a ~158x depth range."""
+    rng = np.random.default_rng(1)
+    depth = np.exp(rng.uniform(np.log(lo), np.log(hi), (120, 160)))
+    depth[:3, :3] = -1.0
+    depth[5, 5] = np.nan
+    data, rng_ = encode_depth(depth)
+    out = decode_depth(data, rng_)
+    assert (out[:3, :3] == -1).all() and out[5, 5] == -1
+    valid = out > 0
+    assert valid.mean() > 0.99  # only the 0.1 / 99.9 percentile tails become invalid
+    rel = np.abs(out[valid] - depth[valid]) / depth[valid]
+    assert rel.max() <= np.expm1(np.log(rng_[1] / rng_[0]) / 254 / 2) + 1e-9  # half a code
+    assert rel.mean() < 0.006
+    if rng_[1] / rng_[0] < 158:
+        assert rel.max() < 0.01
+
+
+def test_depth_codec_flat_and_empty():
+    data, r = encode_depth(np.full((8, 8), 2.5))
+    assert np.allclose(decode_depth(data, r), 2.5)
+    data, r = encode_depth(np.full((8, 8), -1.0))
+    assert (decode_depth(data, r) == -1).all()
+
+
+def test_writer_is_atomic_and_refuses_bad_scenes(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShardWriter(out) as w:
+            w.add(make_scene("a"))
+            raise RuntimeError("boom")
+    assert list(out.iterdir()) == []  # nothing half-written
+    bad = make_scene("b")
+    bad.poses[1, 10] = np.nan
+    with pytest.raises(SceneError, match="'b'.*non-finite values in views \\[1\\]"):
+        write_shards([bad], out)
+    with pytest.raises(SceneError, match="no dots"):
+        write_shards([make_scene("has.dot")], out)
+    with pytest.raises(SceneError, match="duplicate"):
+        write_shards([make_scene("x"), make_scene("x")], out)
+    write_shards([make_scene("a")], out)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_shards([make_scene("b")], out)
+    write_shards([make_scene("b")], out, overwrite=True)
+    assert read_index(out) == {"b": "shard-000000.tar"}
+
+
+def build_corrupt_dir(tmp_path: Path) -> Path:
+    """Five bad scenes of the kinds the issue lists, among good ones."""
+    d = tmp_path / "corrupt"
+    good = [make_scene(f"good_{i}", seed=i) for i in range(3)]
+    undecodable = make_scene("bad_image")
+    undecodable.images[2] = b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
+    nan_pose = make_scene("bad_pose")
+    nan_pose.poses[0, 3] = np.nan
+    few = make_scene("too_few", n=2)
+    with ShardWriter(d, 0.001, validate=False) as w:  # write bad data on purpose
+        for s in [good[0], undecodable, nan_pose, good[1], few]:
+            w.add(s)
+    # missing member: drop img1 of one scene in its own shard
+    missing = tmp_path / "tmp_missing"
+    write_shards([make_scene("bad_missing")], missing)
+    src = missing / "shard-000000.tar"
+    with tarfile.open(src) as tin, tarfile.open(d / "shard-000100.tar", "w") as tout:
+        for m in tin.getmembers():
+            if m.name != "bad_missing.img1.png":
+                tout.addfile(m, tin.extractfile(m))
+    # truncated tar: a good scene's shard cut in half
+    trunc = tmp_path / "tmp_trunc"
+    write_shards([make_scene("bad_truncated", n=6)], trunc)
+    data = (trunc / "shard-000000.tar").read_bytes()
+    (d / "shard-000200.tar").write_bytes(data[: len(data) // 2])
+    write_shards([good[2]], tmp_path / "tmp_good")
+    (tmp_path / "tmp_good" / "shard-000000.tar").rename(d / "shard-000300.tar")
+    index = json.loads((d / "index.json").read_text())
+    index.update({"bad_missing": "shard-000100.tar", "bad_truncated": "shard-000200.tar", "good_2": "shard-000300.tar"})
+    (d / "index.json").write_text(json.dumps(index))
+    return d
+
+
+def test_check_reports_every_kind_of_corruption(tmp_path):
+    d = build_corrupt_dir(tmp_path)
+    report = check_shards(d, min_views=3)
+    reasons = {k: r for _, k, r in report.bad}
+    assert sorted(report.good) == ["good_0", "good_1", "good_2"]
+    assert set(reasons) == {"bad_image", "bad_pose", "too_few", "bad_missing", "bad_truncated"}
+    assert "cannot decode img2" in reasons["bad_image"]
+    assert "non-finite" in reasons["bad_pose"]
+    assert "too few frames (2 < 3)" in reasons["too_few"]
+    assert "missing image members img1" in reasons["bad_missing"]
+    assert "truncated or corrupt tar" in reasons["bad_truncated"]
+    assert report.index_problems == [] and not report.ok
+
+
+def test_shards_cli_check_and_repack(tmp_path):
+    d = build_corrupt_dir(tmp_path)
+    exe = [sys.executable, "-m", "zipsplat_ns.cli"]
+    out = subprocess.run(exe + ["shards", "check", str(d), "--min-views", "3", "--json-output", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1
+    assert "bad_truncated" in out.stdout and "problems found" in out.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_good"] == 3 and report["num_bad"] == 5
+    rep = repack_shards(d, tmp_path / "clean", shard_size_mb=100)
+    assert sorted(rep.good) == ["good_0", "good_1", "good_2", "too_few"]  # repack keeps every valid scene
+    ok = subprocess.run(exe + ["shards", "check", str(tmp_path / "clean")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    missing = subprocess.run(exe + ["shards", "check", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "shard directory not found" in missing.stderr

@@ -1,0 +1,148 @@
+"""``zipsplat-ns``: the plugin's own command line (data tools; more subcommands join as they land).
+
+    zipsplat-ns shards check DIR            validate every scene, report the bad ones
+    zipsplat-ns shards repack SRC DST       re-bucket scenes into shards of another size
+    zipsplat-ns shards resize SRC DST       square copies at another resolution
+    zipsplat-ns synth --output DIR          procedural training/test scenes with exact depth
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import tyro
+from rich.console import Console
+from typing_extensions import Annotated
+
+console = Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------------------- shards
+@dataclass
+class ShardsCheck:
+    """Validate every scene of a shard directory (members, shapes, poses, decodable images and depth, index.json)."""
+
+    shard_dir: tyro.conf.Positional[Path]
+    """Directory holding *.tar shards and index.json."""
+    decode: bool = True
+    """Decode every image and depth map (slower, catches corrupt payloads)."""
+    min_views: int = 1
+    """Report scenes with fewer views than this (training needs context + target views, e.g. 6)."""
+    fix_index: bool = False
+    """Rewrite index.json from the scenes actually found."""
+    json_output: Optional[Path] = None
+    """Also write the report as JSON here."""
+
+    def main(self) -> int:
+        from zipsplat_ns.data.shard_tools import check_shards, print_check_report
+        from zipsplat_ns.utils.atomic import atomic_write
+
+        report = check_shards(self.shard_dir, decode=self.decode, min_views=self.min_views, fix_index=self.fix_index)
+        print_check_report(report)
+        if self.json_output is not None:
+            atomic_write(self.json_output, json.dumps(report.to_dict(), indent=2) + "\n")
+        return 0 if report.ok else 1
+
+
+@dataclass
+class ShardsRepack:
+    """Copy the valid scenes of SRC into DST with a new shard size (bad scenes are skipped and listed)."""
+
+    src: tyro.conf.Positional[Path]
+    dst: tyro.conf.Positional[Path]
+    shard_size_mb: float = 512.0
+    """Target shard size in MB."""
+    overwrite: bool = False
+    """Replace shards already in DST (only once the new ones are complete)."""
+
+    def main(self) -> int:
+        from zipsplat_ns.data.shard_tools import print_check_report, repack_shards
+
+        report = repack_shards(self.src, self.dst, shard_size_mb=self.shard_size_mb, overwrite=self.overwrite)
+        print_check_report(report)
+        console.print(f"wrote {len(report.good)} scene(s) to {self.dst}")
+        return 0
+
+
+@dataclass
+class ShardsResize:
+    """Write square SIZE x SIZE copies of SRC into DST (resize to cover, centre crop, intrinsics and depth updated)."""
+
+    src: tyro.conf.Positional[Path]
+    dst: tyro.conf.Positional[Path]
+    size: int = 252
+    """Output side length in pixels."""
+    shard_size_mb: float = 512.0
+    overwrite: bool = False
+
+    def main(self) -> int:
+        from zipsplat_ns.data.shard_tools import print_check_report, resize_shards
+
+        report = resize_shards(self.src, self.dst, size=self.size, shard_size_mb=self.shard_size_mb, overwrite=self.overwrite)
+        print_check_report(report)
+        console.print(f"wrote {len(report.good)} scene(s) to {self.dst}")
+        return 0
+
+
+@dataclass
+class Shards:
+    """Inspect and rewrite tar shards."""
+
+    command: Union[
+        Annotated[ShardsCheck, tyro.conf.subcommand("check")],
+        Annotated[ShardsRepack, tyro.conf.subcommand("repack")],
+        Annotated[ShardsResize, tyro.conf.subcommand("resize")],
+    ]
+
+    def main(self) -> int:
+        return self.command.main()
+
+
+# -------------------------------------------------------------------------------------------------------- synth
+@dataclass
+class Synth:
+    """Generate procedural scenes (textured rooms with objects, exact depth, walk-throughs and orbits) as shards."""
+
+    output: Path = Path("data/synthetic")
+    """Root directory; train-scenes/ and test-scenes/ are written inside."""
+    num_scenes: int = 256
+    """Total number of scenes (train + test)."""
+    views: int = 32
+    """Views per scene."""
+    size: int = 128
+    """Image side length in pixels."""
+    seed: int = 0
+    """Generation is deterministic given the seed."""
+    test_fraction: float = 0.1
+    """Fraction of scenes written to test-scenes/."""
+
+    def main(self) -> int:
+        from zipsplat_ns.data.synth import synth_main
+
+        synth_main(self.output, self.num_scenes, self.views, self.size, self.seed, self.test_fraction)
+        return 0
+
+
+Command = Union[
+    Annotated[Shards, tyro.conf.subcommand("shards")],
+    Annotated[Synth, tyro.conf.subcommand("synth")],
+]
+
+
+def entrypoint() -> None:
+    """Console-script entry point: parse, run, exit with the command's status; errors print one clear line."""
+    cmd = tyro.cli(Command, config=(tyro.conf.OmitSubcommandPrefixes,), prog="zipsplat-ns")
+    try:
+        code = cmd.main()
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    entrypoint()

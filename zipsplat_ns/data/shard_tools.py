@@ -1,0 +1,197 @@
+"""Shard maintenance: ``check`` (validate every scene), ``repack`` (re-bucket) and ``resize`` (square copies)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from zipsplat_ns.data.depth_codec import decode_depth
+from zipsplat_ns.data.images import decode_image
+from zipsplat_ns.data.scene import RawScene, SceneError
+from zipsplat_ns.data.shards import INDEX_NAME, ShardWriter, iter_scenes, list_shards
+from zipsplat_ns.utils.atomic import atomic_write
+
+console = Console(stderr=True)
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_shards`."""
+
+    shard_dir: Path
+    num_shards: int = 0
+    good: List[str] = field(default_factory=list)
+    bad: List[Tuple[str, str, str]] = field(default_factory=list)  # (shard, key, reason)
+    index_problems: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.index_problems
+
+    def to_dict(self) -> Dict:
+        return {
+            "shard_dir": str(self.shard_dir),
+            "num_shards": self.num_shards,
+            "num_good": len(self.good),
+            "num_bad": len(self.bad),
+            "bad": [{"shard": s, "scene": k, "reason": r} for s, k, r in self.bad],
+            "index_problems": self.index_problems,
+        }
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=True,
+    )  # fmt: skip
+
+
+def check_scene_payload(scene: RawScene, shard: str) -> None:
+    """Decode every image and depth map of a scene; raise :class:`SceneError` naming the first bad one."""
+    sizes = scene.cameras[:, :2].round().astype(int)
+    for i, data in enumerate(scene.images):
+        try:
+            img = decode_image(data, name=f"img{i}")
+        except ValueError as exc:
+            raise SceneError(scene.key, str(exc), shard) from exc
+        if (img.shape[1], img.shape[0]) != tuple(sizes[i]):
+            raise SceneError(scene.key, f"img{i} is {img.shape[1]}x{img.shape[0]} but cameras.npy says {sizes[i][0]}x{sizes[i][1]}", shard)
+    if scene.depths is not None:
+        for i, data in enumerate(scene.depths):
+            try:
+                d = decode_depth(data, scene.depth_ranges[i], name=f"dep{i}")
+            except ValueError as exc:
+                raise SceneError(scene.key, str(exc), shard) from exc
+            if (d.shape[1], d.shape[0]) != tuple(sizes[i]):
+                raise SceneError(scene.key, f"dep{i} is {d.shape[1]}x{d.shape[0]}, image is {sizes[i][0]}x{sizes[i][1]}", shard)
+
+
+def iter_good_scenes(
+    shard_dir: Path, report: CheckReport, *, decode: bool = True, min_views: int = 1, desc: str = "checking"
+) -> Iterator[Tuple[str, RawScene]]:
+    """Yield ``(shard name, scene)`` for every valid scene of ``shard_dir``, recording bad ones in ``report``."""
+    shards = list_shards(shard_dir)
+    report.num_shards = len(shards)
+    with _progress() as prog:
+        task = prog.add_task(f"{desc} {shard_dir}", total=len(shards))
+        for shard in shards:
+            for item in iter_scenes(shard, errors="yield"):
+                if isinstance(item, SceneError):
+                    report.bad.append((shard.name, item.key, item.reason))
+                    continue
+                if item.num_views < min_views:
+                    report.bad.append((shard.name, item.key, f"too few frames ({item.num_views} < {min_views})"))
+                    continue
+                if decode:
+                    try:
+                        check_scene_payload(item, shard.name)
+                    except SceneError as err:
+                        report.bad.append((shard.name, err.key, err.reason))
+                        continue
+                report.good.append(item.key)
+                yield shard.name, item
+            prog.advance(task)
+
+
+def check_shards(shard_dir: Path, *, decode: bool = True, min_views: int = 1, fix_index: bool = False) -> CheckReport:
+    """Validate every scene (members, shapes, finite values, rotations, decodable images/depth) and ``index.json``."""
+    shard_dir = Path(shard_dir)
+    report = CheckReport(shard_dir)
+    found = {scene.key: shard for shard, scene in iter_good_scenes(shard_dir, report, decode=decode, min_views=min_views)}
+    index_path = shard_dir / INDEX_NAME
+    if fix_index:
+        atomic_write(index_path, json.dumps(found, indent=2) + "\n")
+    elif not index_path.is_file():
+        report.index_problems.append(f"{INDEX_NAME} is missing (rebuild it with --fix-index)")
+    else:
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as exc:
+            report.index_problems.append(f"{INDEX_NAME} is malformed JSON ({exc})")
+            index = None
+        if isinstance(index, dict):
+            bad_keys = {k for _, k, _ in report.bad}
+            missing = sorted(k for k in index if k not in found and k not in bad_keys)
+            unlisted = sorted(k for k in found if k not in index)
+            wrong = sorted(k for k in found if k in index and index[k] != found[k])
+            if missing:
+                report.index_problems.append(f"{len(missing)} indexed scene(s) not found in any shard: {missing[:5]}")
+            if unlisted:
+                report.index_problems.append(f"{len(unlisted)} scene(s) missing from {INDEX_NAME}: {unlisted[:5]}")
+            if wrong:
+                report.index_problems.append(f"{len(wrong)} scene(s) indexed under the wrong shard: {wrong[:5]}")
+    return report
+
+
+def print_check_report(report: CheckReport) -> None:
+    c = Console()
+    c.print(f"[bold]{report.shard_dir}[/bold]: {report.num_shards} shard(s), {len(report.good)} good scene(s), "
+            f"{len(report.bad)} bad")  # fmt: skip
+    if report.bad:
+        t = Table("shard", "scene", "reason", title="bad scenes")
+        for s, k, r in report.bad:
+            t.add_row(s, k, r)
+        c.print(t)
+    for p in report.index_problems:
+        c.print(f"[yellow]index:[/yellow] {p}")
+    c.print("[green]OK[/green]" if report.ok else "[red]problems found[/red]")
+
+
+def repack_shards(src: Path, dst: Path, *, shard_size_mb: float = 512.0, overwrite: bool = False) -> CheckReport:
+    """Copy every valid scene of ``src`` into ``dst`` with a new shard size; bad scenes are skipped and reported."""
+    report = CheckReport(Path(src))
+    with ShardWriter(dst, shard_size_mb, overwrite=overwrite) as w:
+        for _, scene in iter_good_scenes(Path(src), report, desc="repacking"):
+            w.add(scene)
+    return report
+
+
+def resize_scene(scene: RawScene, size: int) -> RawScene:
+    """Square ``size`` x ``size`` copy of a scene (resize-to-cover, centre crop, intrinsics and depth updated)."""
+    import torch
+
+    from zipsplat_ns.data.depth_codec import encode_depth
+    from zipsplat_ns.data.images import encode_image
+    from zipsplat_ns.data.preprocess import preprocess_view
+
+    images, depths, ranges, cams = [], [], [], []
+    for i, data in enumerate(scene.images):
+        img = torch.from_numpy(decode_image(data, name=f"{scene.key}.img{i}")).permute(2, 0, 1).float() / 255
+        dep = None
+        if scene.depths is not None:
+            dep = torch.from_numpy(decode_depth(scene.depths[i], scene.depth_ranges[i], name=f"{scene.key}.dep{i}"))
+        out_img, out_cam, out_dep = preprocess_view(img, torch.from_numpy(scene.cameras[i]).float(), dep, size)
+        images.append(encode_image((out_img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy(), "webp"))
+        cams.append(out_cam.numpy())
+        if out_dep is not None:
+            b, r = encode_depth(out_dep.numpy())
+            depths.append(b)
+            ranges.append(r)
+    return RawScene(
+        scene.key, np.stack(cams).astype(np.float32), scene.poses, images,
+        depths if scene.depths is not None else None, ranges if scene.depths is not None else None, dict(scene.meta),
+    )  # fmt: skip
+
+
+def resize_shards(src: Path, dst: Path, *, size: int = 252, shard_size_mb: float = 512.0, overwrite: bool = False) -> CheckReport:
+    """Write square ``size`` copies of every valid scene of ``src`` into ``dst``."""
+    report = CheckReport(Path(src))
+    with ShardWriter(dst, shard_size_mb, overwrite=overwrite) as w:
+        for _, scene in iter_good_scenes(Path(src), report, desc=f"resizing to {size}"):
+            try:
+                w.add(resize_scene(scene, size))
+            except (ValueError, SceneError) as exc:
+                report.good.remove(scene.key)
+                report.bad.append(("-", scene.key, str(exc)))
+    return report
+
+
+__all__ = ["CheckReport", "check_shards", "print_check_report", "repack_shards", "resize_shards", "resize_scene"]
+
