@@ -1,0 +1,545 @@
+"""The ZipSplat network: DA3 backbone -> layer-token preparation -> k-means token selection -> scene-token fusion ->
+colour skip -> Gaussian head (reference doc §1.3-§1.9).
+
+The module tree (and so the state-dict keys) matches the released checkpoint (§7.3), so
+``ZipSplat("giant").load_state_dict(released_state_dict, strict=True)`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from zipsplat_ns.models import kmeans as kmeans_lib
+from zipsplat_ns.models.backbone import BACKBONE_SPECS, PATCH_SIZE, BackboneSpec, DA3Encoder, PatchEmbed
+from zipsplat_ns.images import to_square
+from zipsplat_ns.models.layers import CrossAttentionBlock, Linear, Mlp, SelfAttentionBlock
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zipsplat_ns.camera import Camera
+    from zipsplat_ns.gaussians import Gaussians
+    from zipsplat_ns.pose import Pose
+
+IMAGE_SIZE = 252  # native resolution: 18 x 18 patches of 14 px
+TOKENS_PER_VIEW = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 324
+
+Precision = Literal["fp32", "bf16", "amp-bf16"]
+
+
+# ---------------------------------------------------------------------------------------------------------- config
+@dataclass
+class ZipSplatConfig:
+    """Network configuration. ``None`` architecture fields are filled from :data:`BACKBONE_SPECS` for ``variant``.
+
+    ``precision``:
+      * ``"fp32"``: exact (the reference runs inference in fp32);
+      * ``"bf16"``: fast inference; the matmul weights (Linear / patch-embed conv) of backbone, camera encoder, token
+        preparation and fusion are *stored* in bf16 and their inputs are cast to bf16 right before each matmul (the
+        numerics of autocast, without per-call weight casts); the residual streams, every LayerNorm (incl. qk-norm),
+        LayerScale, RoPE, the colour branch, the Gaussian head and the activations stay fp32. Not for training.
+      * ``"amp-bf16"``: fp32 weights, bf16 autocast around backbone + fusion (for mixed-precision training).
+    """
+
+    variant: str = "giant"
+    # backbone architecture overrides
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    alt_start: int | None = None
+    ffn: str | None = None
+    out_layers: tuple[int, ...] | None = None
+    cam_enc_heads: int = 16
+    # ZipSplat head / fusion
+    gaussians_per_token: int = 32
+    sh_degree: int = 1
+    color_dim: int = 128
+    fuse_layer_scale: float = 0.01
+    fuse_mlp_ratio: float = 4.0
+    fuse_head_dim: int = 64  # fusion heads = D // 64
+    head_hidden_ratio: float = 2.0  # head Mlp: (D + 128) -> 2 (D + 128) -> (D + 128)
+    coupled_init: bool = True  # apply init_head() when no weights are loaded
+    backbone_weights: str | None = None  # converted DA3 weights (scripts/convert_da3_weights.py) to initialise the backbone
+    image_size: int = IMAGE_SIZE
+    # speed / memory
+    precision: Precision = "fp32"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    use_xformers: bool | None = None  # None: use the fused SwiGLU kernel iff xformers is importable
+
+    def backbone_spec(self) -> BackboneSpec:
+        if self.variant not in BACKBONE_SPECS:
+            raise ValueError(f"unknown ZipSplat variant {self.variant!r}; choose from {sorted(BACKBONE_SPECS)}")
+        base = BACKBONE_SPECS[self.variant]
+        over = {
+            k: getattr(self, k)
+            for k in ("embed_dim", "depth", "num_heads", "alt_start", "ffn", "out_layers")
+            if getattr(self, k) is not None
+        }
+        if "out_layers" in over:
+            over["out_layers"] = tuple(sorted(over["out_layers"]))
+        spec = replace(base, **over)
+        if any(not 0 <= i < spec.depth for i in spec.out_layers):
+            raise ValueError(f"out_layers {spec.out_layers} out of range for depth {spec.depth}")
+        return spec
+
+    @property
+    def params_per_gaussian(self) -> int:
+        """3 mean + 3 scale + 4 quat + 1 opacity + 3 (sh_degree+1)^2 SH = 23 at degree 1."""
+        return 11 + 3 * (self.sh_degree + 1) ** 2
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+@dataclass
+class ZipSplatOutput:
+    """Per-Gaussian tensors (activated), the raw head output and the selected token indices.
+
+    Gaussian ``n`` comes from selected token ``n // 32`` (index into ``token_indices``), slot ``n % 32``.
+    """
+
+    means: Float[Tensor, "B N 3"]
+    scales: Float[Tensor, "B N 3"]
+    quats: Float[Tensor, "B N 4"]  # wxyz, unit norm
+    opacities: Float[Tensor, "B N"]
+    sh: Float[Tensor, "B N K 3"]  # coefficient-major raw SH (3DGS convention)
+    raw: Float[Tensor, "B N C"]  # pre-activation head output, C = 23
+    token_indices: Int[Tensor, "B T"]  # selected tokens, indices into the V*324 flattened (view-major) tokens
+    num_views: int = 0
+
+    def to_gaussians(self) -> "Gaussians":
+        from zipsplat_ns.gaussians import Gaussians
+
+        return Gaussians(means=self.means, scales=self.scales, quats=self.quats, opacities=self.opacities, sh=self.sh)
+
+
+def activate_gaussians(raw: Float[Tensor, "B N C"], sh_degree: int = 1) -> dict[str, Tensor]:
+    """Map raw head channels to Gaussian parameters (§1.9).
+
+    * means ``0:3``: clamp to [-5, 5] then ``sign(y) (exp|y| - 1)`` (signed log-space, range ±147.4);
+    * scales ``3:6``: ``softplus(x - 4)`` clamped to [1e-6, 15] (linear sigma);
+    * quats ``6:10``: L2-normalised, wxyz;
+    * opacity ``10``: sigmoid;
+    * SH ``11:``: raw, coefficient-major ``(K, 3)``.
+    """
+    raw = raw.float()
+    y = raw[..., 0:3].clamp(-5.0, 5.0)
+    means = torch.sign(y) * torch.expm1(y.abs())
+    scales = F.softplus(raw[..., 3:6] - 4.0).clamp(1e-6, 15.0)
+    quats = F.normalize(raw[..., 6:10], dim=-1)
+    opacities = torch.sigmoid(raw[..., 10])
+    k = (sh_degree + 1) ** 2
+    sh = raw[..., 11 : 11 + 3 * k].reshape(*raw.shape[:-1], k, 3)
+    return dict(means=means, scales=scales, quats=quats, opacities=opacities, sh=sh)
+
+
+# ------------------------------------------------------------------------------------------------- sub-modules
+class GaussianHead(nn.Module):
+    """``gaussian_head = Sequential(Mlp(H -> 2H -> H), Linear(H -> G*C))``; always evaluated in fp32."""
+
+    def __init__(self, in_dim: int, gaussians_per_token: int, params_per_gaussian: int, hidden_ratio: float = 2.0):
+        super().__init__()
+        self.G = gaussians_per_token
+        self.C = params_per_gaussian
+        self.gaussian_head = nn.Sequential(
+            Mlp(in_dim, int(in_dim * hidden_ratio), in_dim), nn.Linear(in_dim, gaussians_per_token * params_per_gaussian)
+        )
+
+    @torch.no_grad()
+    def coupled_init(self, std: float = 0.02) -> None:
+        """All G per-Gaussian slices of the last Linear share one template (``randn * std`` weights; bias zeros except
+        z-mean 0.5 -> expm1(0.5)=0.649, scales 0.5 -> softplus(-3.5)=0.0297, opacity -1.5 -> sigmoid=0.182)."""
+        lin: nn.Linear = self.gaussian_head[1]
+        w = torch.randn(self.C, lin.in_features, device=lin.weight.device, dtype=lin.weight.dtype) * std
+        b = torch.zeros(self.C, device=lin.bias.device, dtype=lin.bias.dtype)
+        b[2] = 0.5
+        b[3:6] = 0.5
+        b[10] = -1.5
+        lin.weight.copy_(w.repeat(self.G, 1))  # rows [C g, C g + C) = template, for every g
+        lin.bias.copy_(b.repeat(self.G))
+
+    def forward(self, tokens: Float[Tensor, "B T H"]) -> Float[Tensor, "B TG C"]:
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            out = self.gaussian_head(tokens.float())
+        B, T, _ = out.shape
+        # "B T (G C) -> B (T G) C": Gaussian g of token t uses channels [C g, C g + C)
+        return out.reshape(B, T * self.G, self.C)
+
+
+def _gather_tokens(x: Float[Tensor, "B N D"], idx: Int[Tensor, "B K"]) -> Float[Tensor, "B K D"]:
+    return torch.gather(x, 1, idx[..., None].expand(*idx.shape, x.shape[-1]))
+
+
+# ------------------------------------------------------------------------------------------ image preprocessing
+# --------------------------------------------------------------------------------------------------- the network
+class ZipSplat(nn.Module):
+    """Feed-forward 3D Gaussian splatting from V square views (reference doc §1).
+
+    Args:
+        variant: ``"giant"`` (released weights), ``"large"``, ``"base"``, ``"small"``, or our CPU-sized ``"tiny"``.
+        weights: optional checkpoint source (path / registry name), loaded with ``strict=True``.
+        allow_pickle: allow non-weights-only pickle checkpoints (only for trusted files).
+        config: a full :class:`ZipSplatConfig` (``variant`` and ``overrides`` are applied on top of it).
+        **overrides: any :class:`ZipSplatConfig` field, e.g. ``precision="bf16"``.
+    """
+
+    def __init__(
+        self,
+        variant: str = "giant",
+        weights: str | os.PathLike | None = None,
+        *,
+        allow_pickle: bool = False,
+        config: ZipSplatConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        # fp32 originals of the weights down-cast by the bf16 mode (CPU, not in the state dict), see set_precision
+        self._fp32_master: dict[str, Tensor] = {}
+        self._register_load_state_dict_pre_hook(self._refresh_fp32_master)
+        valid = {f.name for f in fields(ZipSplatConfig)}
+        bad = set(overrides) - valid
+        if bad:
+            raise TypeError(f"unknown ZipSplat option(s) {sorted(bad)}; valid: {sorted(valid)}")
+        cfg = replace(config or ZipSplatConfig(), variant=variant, **overrides)
+        if cfg.precision not in ("fp32", "bf16", "amp-bf16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'amp-bf16', got {cfg.precision!r}")
+        spec = cfg.backbone_spec()
+        self.config = cfg
+        self.spec = spec
+        D = spec.embed_dim
+        n_taps = len(spec.out_layers)
+        heads = max(1, D // cfg.fuse_head_dim)
+
+        self.backbone = DA3Encoder(spec, cam_enc_heads=cfg.cam_enc_heads, use_xformers=cfg.use_xformers)
+        self.pre_norm_local = nn.ModuleList(nn.LayerNorm(D) for _ in range(n_taps))
+        self.pre_norm_global = nn.ModuleList(nn.LayerNorm(D) for _ in range(n_taps))
+        self.downscale = nn.ModuleList(Linear(2 * D, D) for _ in range(n_taps))
+        self.cross_attention = nn.ModuleList(
+            CrossAttentionBlock(D, heads, cfg.fuse_mlp_ratio, qk_norm=True, init_values=cfg.fuse_layer_scale, delta=True)
+            for _ in range(n_taps)
+        )
+        self.self_attention = nn.ModuleList(
+            SelfAttentionBlock(D, heads, cfg.fuse_mlp_ratio, qk_norm=True, init_values=cfg.fuse_layer_scale)
+            for _ in range(n_taps)
+        )
+        C = cfg.color_dim
+        self.color_embed = PatchEmbed(3, C)
+        self.color_cross_attention = CrossAttentionBlock(
+            C, max(1, C // cfg.fuse_head_dim), 1.0, qk_norm=True, init_values=cfg.fuse_layer_scale, delta=False
+        )
+        self.gaussian_head = GaussianHead(D + C, cfg.gaussians_per_token, cfg.params_per_gaussian, cfg.head_hidden_ratio)
+
+        if weights is not None:
+            self.load_weights(weights, allow_pickle=allow_pickle)
+        else:
+            if cfg.coupled_init:
+                self.init_head()
+            if cfg.backbone_weights is not None:
+                self.load_backbone_weights(cfg.backbone_weights, allow_pickle=allow_pickle)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.precision == "bf16":
+            self._cast_trunk(torch.bfloat16)
+        if cfg.compile:
+            self.compile()
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def init_head(self) -> None:
+        """Coupled initialisation of the Gaussian head (training from scratch, §1.9)."""
+        self.gaussian_head.coupled_init()
+
+    def load_weights(self, source: str | os.PathLike, *, allow_pickle: bool = False) -> None:
+        """Load a checkpoint with ``strict=True`` (via :mod:`zipsplat_ns.models.weights`)."""
+        from zipsplat_ns.models.weights import load_state_dict_from_source
+
+        sd = load_state_dict_from_source(source, allow_pickle=allow_pickle)
+        self.load_state_dict(sd, strict=True)
+
+    def load_backbone_weights(self, source: str | os.PathLike, *, allow_pickle: bool = False) -> None:
+        """Initialise ``backbone.*`` (DA3 ViT + camera encoder) from converted DA3 weights; the rest keeps its init.
+
+        Every ``backbone.*`` parameter must be present with the right shape (strict for the backbone); keys outside
+        it are an error too, so a wrong file or variant never loads silently.
+        """
+        from zipsplat_ns.models.weights import load_state_dict_from_source
+
+        sd = load_state_dict_from_source(source, allow_pickle=allow_pickle)
+        outside = sorted(k for k in sd if not k.startswith("backbone."))
+        if outside:
+            raise ValueError(
+                f"{source}: expected converted DA3 weights (keys 'backbone.backbone.*' / 'backbone.cam_enc.*'), found "
+                f"{len(outside)} other key(s) such as {outside[:3]}; convert with scripts/convert_da3_weights.py"
+            )
+        self.backbone.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()}, strict=True)
+
+    def trunk_modules(self) -> list[nn.Module]:
+        """Modules that run in bf16 in the fast mode (everything except colour branch and Gaussian head)."""
+        return [
+            self.backbone,
+            self.pre_norm_local,
+            self.pre_norm_global,
+            self.downscale,
+            self.cross_attention,
+            self.self_attention,
+        ]
+
+    def matmul_parameters(self) -> dict[str, nn.Parameter]:
+        """Trunk parameters stored in bf16 by the fast mode: weights and biases of every ``nn.Linear`` / ``nn.Conv2d``
+        inside :meth:`trunk_modules` (LayerNorm, LayerScale, tokens and pos_embed are not included)."""
+        trunk = {id(m) for t in self.trunk_modules() for m in t.modules()}
+        out: dict[str, nn.Parameter] = {}
+        for name, mod in self.named_modules():
+            if id(mod) in trunk and isinstance(mod, (nn.Linear, nn.Conv2d)):
+                for pname, p in mod.named_parameters(recurse=False):
+                    out[f"{name}.{pname}"] = p
+        return out
+
+    @torch.no_grad()
+    def _cast_trunk(self, dtype: torch.dtype, *, keep_master: bool = True) -> None:
+        """Cast the matmul parameters in place. Going below fp32, the fp32 originals are kept on the CPU (outside the
+        state dict) so that casting back to fp32 restores them bit for bit."""
+        params = self.matmul_parameters()
+        for name, p in params.items():
+            if p.dtype == dtype:
+                continue
+            if dtype == torch.float32 and name in self._fp32_master:
+                p.data = self._fp32_master[name].to(device=p.device, dtype=torch.float32)
+                continue
+            if keep_master and p.dtype == torch.float32 and dtype != torch.float32:
+                self._fp32_master[name] = p.detach().to("cpu", copy=True)
+            p.data = p.data.to(dtype)
+        if dtype == torch.float32:
+            self._fp32_master.clear()
+
+    def _refresh_fp32_master(self, state_dict, prefix, *args) -> None:
+        """load_state_dict pre-hook: in the bf16 mode, remember the loaded fp32 values (bf16 params only keep the
+        rounded ones) so that ``set_precision("fp32")`` afterwards still gives the exact checkpoint."""
+        for name in list(self._fp32_master):
+            v = state_dict.get(prefix + name)
+            if isinstance(v, Tensor):
+                self._fp32_master[name] = v.detach().to("cpu", torch.float32, copy=True)
+
+    def set_precision(self, precision: Precision, *, keep_fp32_master: bool = True) -> "ZipSplat":
+        """Switch precision mode in place (casts the stored trunk matmul weights to bf16 for ``"bf16"``, back to fp32
+        otherwise).
+
+        Going to ``"bf16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the state dict) so
+        that switching back restores the exact fp32 weights; without it (or if weights were written in place while in
+        bf16 other than through ``load_state_dict``) switching back only up-casts the bf16-rounded values.
+        """
+        if precision not in ("fp32", "bf16", "amp-bf16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'amp-bf16', got {precision!r}")
+        self.config.precision = precision
+        self._cast_trunk(torch.bfloat16 if precision == "bf16" else torch.float32, keep_master=keep_fp32_master)
+        return self
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> "ZipSplat":
+        """Recompute every transformer block in the backward pass (``torch.utils.checkpoint``) to save memory."""
+        self.config.grad_checkpointing = enabled
+        self.backbone.backbone.grad_checkpointing = enabled
+        return self
+
+    def compile(  # type: ignore[override]
+        self, mode: str | None = None, *, dynamic: bool | None = False, **kwargs: Any
+    ) -> "ZipSplat":
+        """``torch.compile`` every transformer block in place (the data-dependent k-means stays eager).
+
+        ``mode`` is passed to ``torch.compile`` (e.g. ``"max-autotune-no-cudagraphs"``; ``None`` = default);
+        ``dynamic=False`` (default) specialises on shapes. In-place ``nn.Module.compile`` keeps the state-dict keys.
+        Blocks of the same structure share compiled graphs (parameters are graph inputs), but local/global, RoPE on/off,
+        dtype and every new view count add graphs, so dynamo's recompile limit is raised. The first call per shape is
+        slow (compilation); later calls fuse the element-wise work (casts, LayerNorm, LayerScale, residuals, RoPE,
+        SwiGLU gate).
+        """
+        if mode is not None:
+            kwargs["mode"] = mode
+        kwargs["dynamic"] = dynamic
+        import torch._dynamo
+
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(int(getattr(torch._dynamo.config, name)), 256))
+        blocks: list[nn.Module] = [
+            *self.backbone.backbone.blocks,
+            *self.backbone.cam_enc.trunk,
+            *self.cross_attention,
+            *self.self_attention,
+            self.color_cross_attention,
+            self.gaussian_head.gaussian_head,
+        ]
+        for b in blocks:
+            b.compile(**kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.gaussian_head.gaussian_head[1].weight.device
+
+    @property
+    def embed_dim(self) -> int:
+        return self.spec.embed_dim
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def _prepare_inputs(
+        self, images, cameras, poses, use_priors: bool, compression: float
+    ) -> tuple[Tensor, Any, Any]:
+        if not isinstance(compression, (int, float)) or not (0.0 < float(compression) <= 1.0):
+            raise ValueError(f"compression must be in (0, 1], got {compression!r}")
+        if (cameras is not None or poses is not None) and not use_priors:
+            warnings.warn(
+                "ZipSplat: cameras/poses were given but use_priors=False; they are ignored (pose-free inference). "
+                "Pass use_priors=True to condition on them.",
+                stacklevel=3,
+            )
+            cameras = poses = None
+        if use_priors and (cameras is None or poses is None):
+            raise ValueError("use_priors=True needs both cameras and poses (c2w, view 0 = reference frame)")
+        if use_priors:
+            from zipsplat_ns.camera import ensure_camera
+            from zipsplat_ns.pose import ensure_pose
+
+            cameras, poses = ensure_camera(cameras, "cameras"), ensure_pose(poses, "poses")
+
+        S = self.config.image_size
+        device = self.device
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError("images: empty list")
+            sizes = []
+            for i, im in enumerate(images):
+                if not isinstance(im, Tensor) or im.ndim != 3 or im.shape[0] != 3:
+                    raise ValueError(f"images[{i}]: expected a (3, H, W) tensor, got {getattr(im, 'shape', type(im))}")
+                if min(im.shape[1:]) < PATCH_SIZE:
+                    raise ValueError(f"images[{i}]: image too small {tuple(im.shape)}")
+                sizes.append((im.shape[2], im.shape[1]))  # (w, h)
+            batch = torch.stack([to_square(im, S)[0] for im in images])[None].to(device)
+            if cameras is not None:
+                wh = torch.tensor(sizes, dtype=torch.float32)
+                side = wh.min(-1).values
+                cameras = cameras.to(torch.float32)
+                # intrinsics follow the centre crop and the resize: size += pad, c += pad / 2; then * S / side
+                cameras = cameras.crop(side[:, None] - wh).scale((S / side)[:, None].expand(-1, 2))
+            images = batch
+        elif isinstance(images, Tensor):
+            if images.ndim == 4:
+                images = images[None]
+            if images.ndim != 5 or images.shape[2] != 3:
+                raise ValueError(
+                    f"images: expected (B, V, 3, H, W) or (V, 3, H, W) tensor or a list of (3, H, W), got "
+                    f"{tuple(images.shape)}"
+                )
+            if images.shape[-2:] != (S, S):
+                raise ValueError(
+                    f"images: tensors must be {S}x{S} (got {images.shape[-2]}x{images.shape[-1]}); pass a list of "
+                    f"(3, H, W) tensors to centre-crop and resize automatically"
+                )
+            if not images.is_floating_point():
+                raise ValueError(f"images: expected float values in [0, 1], got dtype {images.dtype}")
+            images = images.to(device=device, dtype=torch.float32)
+        else:
+            raise TypeError(f"images: expected a tensor or a list of tensors, got {type(images).__name__}")
+
+        B, V = images.shape[:2]
+        if use_priors:
+            cameras, poses = cameras.to(device), poses.to(device)
+            for name, obj in (("cameras", cameras), ("poses", poses)):
+                shp = tuple(obj.shape)
+                if shp == (V,):
+                    obj = obj[None].reshape(1, V) if B == 1 else None
+                elif shp == (1, V) and B > 1:
+                    obj = None
+                if obj is None or tuple(obj.shape) != (B, V):
+                    raise ValueError(f"{name}: batch shape must be (B, V) = {(B, V)} (or (V,) when B = 1), got {shp}")
+                if name == "cameras":
+                    cameras = obj
+                else:
+                    poses = obj
+        return images, cameras, poses
+
+    # --------------------------------------------------------------------------------------------- pipeline
+    def _trunk_autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.config.precision == "amp-bf16")
+
+    def _prepare(self, l: int, feat: Float[Tensor, "B V P 2D"]) -> Float[Tensor, "B VP D"]:
+        """LayerNorm both halves, project 2D -> D and add the mean of the halves (fuse-skip residual)."""
+        D = self.embed_dim
+        local = self.pre_norm_local[l](feat[..., :D])
+        glob = self.pre_norm_global[l](feat[..., D:])
+        tok = self.downscale[l](torch.cat([local, glob], -1)) + (local + glob) / 2
+        return tok.flatten(1, 2)
+
+    def _maybe_ckpt(self, fn, *args):
+        if self.config.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def predict(
+        self,
+        images: Float[Tensor, "B V 3 H W"] | Float[Tensor, "V 3 H W"] | Sequence[Float[Tensor, "3 h w"]],
+        cameras: "Camera | None" = None,
+        poses: "Pose | None" = None,
+        use_priors: bool = False,
+        compression: float = 1.0,
+    ) -> ZipSplatOutput:
+        """Full forward pass returning per-Gaussian tensors, the raw head output and the selected token indices."""
+        images, cameras, poses = self._prepare_inputs(images, cameras, poses, use_priors, compression)
+        B, V = images.shape[:2]
+        with self._trunk_autocast(images.device):
+            feats = self.backbone(images, cameras, poses)[::-1]  # deepest tap first (index 0 = last out_layer)
+            layer_tokens = [self._prepare(l, f) for l, f in enumerate(feats)]  # each (B, V*P, D)
+            N = layer_tokens[0].shape[1]
+            K = kmeans_lib.num_selected_tokens(N, compression)
+            if K >= N:  # no compression: every token, in order (gather would be an identity copy)
+                idx = torch.arange(N, device=images.device).expand(B, N)
+                gather = lambda x: x  # noqa: E731
+            else:
+                idx = kmeans_lib.select_tokens(layer_tokens[0], compression)
+                gather = lambda x: _gather_tokens(x, idx)  # noqa: E731
+            scene = gather(layer_tokens[0])
+            for l, keys in enumerate(layer_tokens):
+                scene = scene + self._maybe_ckpt(self.cross_attention[l], gather(keys), keys)
+                scene = self._maybe_ckpt(self.self_attention[l], scene)
+        # colour skip branch (fp32): 14x14 patch embedding of the raw RGB, then standard cross-attention
+        color_tokens = self.color_embed(images.flatten(0, 1).float()).reshape(B, -1, self.config.color_dim)
+        color_feats = self.color_cross_attention(gather(color_tokens), color_tokens)
+        raw = self.gaussian_head(torch.cat([scene.float(), color_feats.float()], -1))
+        act = activate_gaussians(raw, self.config.sh_degree)
+        return ZipSplatOutput(**act, raw=raw, token_indices=idx, num_views=V)
+
+    def forward(
+        self,
+        images: Float[Tensor, "B V 3 H W"] | Float[Tensor, "V 3 H W"] | Sequence[Float[Tensor, "3 h w"]],
+        cameras: "Camera | None" = None,
+        poses: "Pose | None" = None,
+        use_priors: bool = False,
+        compression: float = 1.0,
+    ) -> "Gaussians":
+        """Predict ``int(V * 324 * compression) * 32`` Gaussians per sample, in view 0's OpenCV camera frame.
+
+        ``images`` are floats in [0, 1] (no normalisation): a ``(B, V, 3, 252, 252)`` / ``(V, 3, 252, 252)`` tensor,
+        or a list of ``(3, H, W)`` tensors of any size (centre-cropped and resized, see :func:`zipsplat_ns.images.to_square`).
+        ``cameras``/``poses`` (batch ``(B, V)``, c2w OpenCV) are only used with ``use_priors=True``. Gradients flow
+        (for training); wrap inference in ``torch.inference_mode()``.
+        """
+        return self.predict(images, cameras, poses, use_priors, compression).to_gaussians()
+
+
+def count_gaussians(num_views: int, compression: float = 1.0, gaussians_per_token: int = 32) -> int:
+    """``int(V * 324 * compression) * 32`` (at least one token)."""
+    return max(1, int(num_views * TOKENS_PER_VIEW * compression)) * gaussians_per_token
+
+
+__all__ = [
+    "ZipSplat",
+    "ZipSplatConfig",
+    "ZipSplatOutput",
+    "activate_gaussians",
+    "count_gaussians",
+    "IMAGE_SIZE",
+    "TOKENS_PER_VIEW",
+]
