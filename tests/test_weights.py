@@ -503,3 +503,32 @@ def test_released_name_through_the_network_with_a_fake_hub_cache(
     make_fake_hub_cache(cache, *W.RELEASED_WEIGHTS["zipsplat"], src)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     _assert_same_output(ZipSplat("small", weights="zipsplat"), images, ref)
+
+
+def test_converted_da3_weights_initialise_the_backbone(tmp_path: Path) -> None:
+    """DA3 checkpoint -> scripts/convert_da3_weights.py -> ZipSplat(backbone_weights=...) loads the backbone only."""
+    from zipsplat_ns.models.network import ZipSplat
+
+    torch.manual_seed(7)
+    donor = ZipSplat("small")
+    # A DA3-style file: 'model.' prefix, '.pretrained' inside the ViT keys, plus a head that must be dropped.
+    da3 = {f"model.backbone.pretrained.{k[len('backbone.backbone.'):]}": v for k, v in donor.state_dict().items()
+           if k.startswith("backbone.backbone.")}  # fmt: skip
+    da3.update({f"model.{k[len('backbone.'):]}": v for k, v in donor.state_dict().items() if k.startswith("backbone.cam_enc.")})
+    da3["model.head.proj.weight"] = torch.zeros(3, 3)
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in da3.items()}, str(src))
+    out = tmp_path / "da3-small.safetensors"
+    res = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "convert_da3_weights.py"), "--input", str(src),
+                          "--variant", "small", "--output", str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    torch.manual_seed(8)
+    model = ZipSplat("small", backbone_weights=str(out))
+    for k, v in donor.state_dict().items():
+        if k.startswith("backbone."):
+            assert torch.equal(model.state_dict()[k], v), k
+    assert not torch.equal(model.state_dict()["downscale.0.weight"], donor.state_dict()["downscale.0.weight"])
+    with pytest.raises(ValueError, match="expected converted DA3 weights"):
+        bad = tmp_path / "full.safetensors"
+        save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(bad))
+        ZipSplat("small", backbone_weights=str(bad))
