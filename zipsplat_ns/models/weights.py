@@ -22,18 +22,18 @@ backbone initialisation used for training (``backbone.backbone.*`` and ``backbon
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import pickle
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import torch
+
+from zipsplat_ns.utils.download import DownloadError
+from zipsplat_ns.utils.download import download_url as _download_url
 
 __all__ = [
     "RELEASED_WEIGHTS",
@@ -67,12 +67,10 @@ TORCH_PICKLE_SUFFIXES: tuple[str, ...] = (".tar", ".pth", ".pt", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 
 _ALLOW_PICKLE_CLI_FLAG = "--allow-pickle"
-_DOWNLOAD_CHUNK = 1 << 20
-_HTTP_TIMEOUT_S = 60.0
 
 
-class WeightsDownloadError(RuntimeError):
-    """Weights could not be fetched (Hugging Face hub or URL)."""
+class WeightsDownloadError(DownloadError):
+    """Weights could not be fetched (Hugging Face hub or URL). A ``RuntimeError`` (through ``DownloadError``)."""
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -227,117 +225,23 @@ def _url_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "zipsplat"
 
 
-def _file_lock(path: Path) -> contextlib.AbstractContextManager[Any]:
-    try:
-        from filelock import FileLock
-    except ImportError:  # pragma: no cover - filelock ships with torch
-        return contextlib.nullcontext()
-    return FileLock(str(path))
-
-
-def _progress(total: int | None, initial: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    # disable=None: show the bar on a terminal only, keep logs of batch jobs clean.
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=desc, disable=None)
-
-
-def _open_url(url: str, start: int) -> Any:
-    headers = {"User-Agent": "zipsplat_ns-weights/1.0"}
-    if start > 0:
-        headers["Range"] = f"bytes={start}-"
-    request = urllib.request.Request(url, headers=headers)
-    return urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S)  # noqa: S310 - scheme checked
-
-
 def download_url(url: str, dest_dir: WeightsSource | None = None) -> Path:
     """Download ``url`` into ``dest_dir`` (default ``torch.hub.get_dir()/zipsplat``) and return the path.
 
     An existing final file is reused without touching the network. Data is written to
     ``<name>.part`` and renamed when complete; an existing ``.part`` is resumed with an HTTP Range
-    request (restarted if the server ignores the range).
+    request (restarted if the server ignores the range). The machinery lives in
+    :func:`zipsplat_ns.utils.download.download_url`; failures raise :class:`WeightsDownloadError`.
     """
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"Not an http(s) URL: {url!r}")
-    name = os.path.basename(urllib.parse.unquote(parsed.path))
-    if not name or name in (".", ".."):
-        raise ValueError(f"Cannot derive a file name from URL {url!r}; download it manually and pass the path")
-
     folder = Path(dest_dir).expanduser() if dest_dir is not None else _url_cache_dir()
-    final = folder / name
-    if final.is_file():
-        logger.info("Using cached weights %s", final)
-        return final
-    folder.mkdir(parents=True, exist_ok=True)
-    part = final.with_name(name + ".part")
-
-    with _file_lock(final.with_name(name + ".lock")):
-        if final.is_file():  # another process finished while we waited
-            return final
-        for attempt in range(2):
-            start = part.stat().st_size if part.is_file() else 0
-            try:
-                response = _open_url(url, start)
-            except urllib.error.HTTPError as err:
-                if err.code == 416 and start > 0 and attempt == 0:
-                    logger.warning("Server rejected resuming %s; restarting the download", part)
-                    part.unlink(missing_ok=True)
-                    continue
-                raise WeightsDownloadError(
-                    f"Downloading weights from {url} failed: HTTP {err.code} {err.reason}. Check the URL, "
-                    f"or download the file manually and pass its local path."
-                ) from err
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-                raise WeightsDownloadError(
-                    f"Downloading weights from {url} failed: {err}. Check your network connection, or "
-                    f"download the file manually and pass its local path."
-                ) from err
-
-            with response:
-                status = getattr(response, "status", 200)
-                length = response.headers.get("Content-Length")
-                length_i = int(length) if length and length.isdigit() else None
-                if start > 0 and status == 206:
-                    content_range = response.headers.get("Content-Range", "")
-                    if not content_range.startswith(f"bytes {start}-"):
-                        part.unlink(missing_ok=True)
-                        raise WeightsDownloadError(
-                            f"Unexpected Content-Range {content_range!r} while resuming {url}; the partial "
-                            f"file was removed, please retry."
-                        )
-                    mode, offset = "ab", start
-                    logger.info("Resuming download of %s at byte %d", url, start)
-                else:
-                    mode, offset = "wb", 0
-                total = offset + length_i if length_i is not None else None
-                logger.info("Downloading %s to %s", url, final)
-                written = offset
-                with open(part, mode) as out, _progress(total, offset, name) as bar:
-                    while True:
-                        try:
-                            chunk = response.read(_DOWNLOAD_CHUNK)
-                        except (OSError, http.client.HTTPException) as err:
-                            raise WeightsDownloadError(
-                                f"Connection lost while downloading {url} ({written} bytes kept in {part}); "
-                                f"run again to resume: {err}"
-                            ) from err
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        written += len(chunk)
-                        bar.update(len(chunk))
-                    out.flush()
-                    os.fsync(out.fileno())
-            if total is not None and written != total:
-                raise WeightsDownloadError(
-                    f"Incomplete download of {url}: got {written} of {total} bytes (kept in {part}); "
-                    f"run again to resume."
-                )
-            os.replace(part, final)
-            return final
-    raise WeightsDownloadError(f"Downloading weights from {url} failed")  # pragma: no cover
+    return _download_url(
+        url,
+        folder,
+        what="weights",
+        manual_hint="download the file manually and pass its local path",
+        error_cls=WeightsDownloadError,
+        headers={"User-Agent": "zipsplat_ns-weights/1.0"},
+    )
 
 
 # --------------------------------------------------------------------------------------------
