@@ -18,17 +18,22 @@ def detect_image_ext(data: bytes) -> str:
     return "bin"
 
 
-def encode_image(image: np.ndarray, fmt: str = "webp", quality: int = 95) -> bytes:
-    """Encode ``uint8 (H, W, 3)`` (or ``(H, W)``); WebP and PNG are lossless, JPEG uses ``quality``."""
+def encode_image(image: np.ndarray, fmt: str = "webp", quality: int = 95, *, webp_effort: int = 25) -> bytes:
+    """Encode ``uint8 (H, W, 3)`` (or ``(H, W)``). WebP and PNG are lossless; JPEG uses ``quality``.
+
+    ``webp_effort`` (0-100) trades encoding time for size only; the pixels are identical at any effort (100 costs about
+    1 s per 512x288 image, 25 about 35 ms, for files about 6 % larger).
+    """
     from PIL import Image
 
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
         raise ValueError(f"encode_image: expected uint8 (H, W[, 3]), got {arr.dtype} {arr.shape}")
     buf = io.BytesIO()
-    im = Image.fromarray(arr)
+    im = Image.fromarray(np.ascontiguousarray(arr))
     if fmt == "webp":
-        im.save(buf, format="WEBP", lossless=True, quality=100, method=4)
+        effort = int(min(100, max(0, webp_effort)))
+        im.save(buf, format="WEBP", lossless=True, quality=effort, method=min(6, effort * 6 // 100))
     elif fmt == "png":
         im.save(buf, format="PNG", compress_level=1)
     elif fmt in ("jpg", "jpeg"):
