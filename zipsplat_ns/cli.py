@@ -4,13 +4,16 @@
     zipsplat-ns shards repack SRC DST       re-bucket scenes into shards of another size
     zipsplat-ns shards resize SRC DST       square copies at another resolution
     zipsplat-ns synth --output DIR          procedural training/test scenes with exact depth
+    zipsplat-ns convert FORMAT SRC DST      nerfstudio | colmap | media | re10k | dl3dv | mipnerf360 -> shards
+    zipsplat-ns download DATASET            re10k | dl3dv | mipnerf360 sources
+    zipsplat-ns depth SHARD_DIR             fill depth from SfM points or Depth-Anything-3
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -119,23 +122,71 @@ class Synth:
     """Generation is deterministic given the seed."""
     test_fraction: float = 0.1
     """Fraction of scenes written to test-scenes/."""
+    num_workers: int = 0
+    """Worker processes (the output is identical for any count)."""
+    overwrite: bool = False
+    """Replace existing shards in OUTPUT (only once the new ones are complete)."""
 
     def main(self) -> int:
         from zipsplat_ns.data.synth import synth_main
 
-        synth_main(self.output, self.num_scenes, self.views, self.size, self.seed, self.test_fraction)
+        out = synth_main(self.output, self.num_scenes, self.views, self.size, self.seed, self.test_fraction,
+                         num_workers=self.num_workers, overwrite=self.overwrite)  # fmt: skip
+        console.print(f"wrote {len(out['train'])} train and {len(out['test'])} test scene(s) under {self.output}")
         return 0
 
 
-Command = Union[
-    Annotated[Shards, tyro.conf.subcommand("shards")],
-    Annotated[Synth, tyro.conf.subcommand("synth")],
-]
+# ------------------------------------------------------------------------------------- convert / download / depth
+def _subcommands(configs: dict):
+    """A tyro union with one subcommand per ``name -> dataclass`` entry."""
+    return Union[tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in configs.items())]  # type: ignore
+
+
+def _group(name: str, doc: str, configs: dict, run):
+    """A dataclass ``name`` whose single field selects one of ``configs`` as a subcommand; ``main`` calls ``run``."""
+    cls = make_dataclass(name, [("command", _subcommands(configs))], namespace={"main": lambda self: run(self.command)})
+    cls.__doc__ = doc
+    return cls
+
+
+def _convert_command():
+    from zipsplat_ns.data.converters import CONVERT_CONFIGS
+
+    return _group(
+        "Convert",
+        "Convert a dataset or capture into shards: nerfstudio, colmap, media (images/video), re10k, dl3dv, mipnerf360.",
+        CONVERT_CONFIGS,
+        lambda cfg: 0 if cfg.run().converted else 1,
+    )
+
+
+def _download_command():
+    from zipsplat_ns.data.download import DOWNLOAD_CONFIGS
+
+    return _group(
+        "Download",
+        "Download a benchmark source (re10k, dl3dv, mipnerf360): resumable, atomic, verified.",
+        DOWNLOAD_CONFIGS,
+        lambda cfg: cfg.main(),
+    )
+
+
+def build_command_type():
+    """The top-level union of subcommands (built lazily: the data modules import cv2, PIL, ...)."""
+    from zipsplat_ns.data.depth import DepthConfig
+
+    return Union[
+        Annotated[Shards, tyro.conf.subcommand("shards")],
+        Annotated[Synth, tyro.conf.subcommand("synth")],
+        Annotated[_convert_command(), tyro.conf.subcommand("convert")],
+        Annotated[_download_command(), tyro.conf.subcommand("download")],
+        Annotated[DepthConfig, tyro.conf.subcommand("depth")],
+    ]
 
 
 def entrypoint() -> None:
     """Console-script entry point: parse, run, exit with the command's status; errors print one clear line."""
-    cmd = tyro.cli(Command, config=(tyro.conf.OmitSubcommandPrefixes,), prog="zipsplat-ns")
+    cmd = tyro.cli(build_command_type(), config=(tyro.conf.OmitSubcommandPrefixes,), prog="zipsplat-ns")
     try:
         code = cmd.main()
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
