@@ -14,16 +14,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from zipsplat_ns.packed import PackedTensor
 from zipsplat_ns.tensor_checks import as_float_tensor, check_finite, check_last_dims
 
 Number = Union[int, float]
 ScaleLike = Union[Number, Tuple[Number, Number], Sequence[Number], Tensor]
 
 
-class Camera:
+class Camera(PackedTensor):
     """Pinhole intrinsics ``[w, h, fx, fy, cx, cy]`` with arbitrary batch shape."""
 
-    __slots__ = ("data",)
+    __slots__ = ()
+    WIDTH = 6
 
     def __init__(self, data: Float[Tensor, "*batch 6"]):
         data = as_float_tensor(data, "Camera data")
@@ -93,18 +95,6 @@ class Camera:
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
-    def shape(self) -> torch.Size:
-        return self.data.shape[:-1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.data.dtype
-
-    @property
     def size(self) -> Float[Tensor, "*batch 2"]:
         """Image size ``(w, h)`` in pixels."""
         return self.data[..., 0:2]
@@ -162,48 +152,6 @@ class Camera:
         d[..., 4] -= left
         d[..., 5] -= top
         return Camera(d)
-
-    # ------------------------------------------------------------------------------------------ tensor plumbing
-    def to(self, *args, **kwargs) -> "Camera":
-        return Camera(self.data.to(*args, **kwargs))
-
-    def cpu(self) -> "Camera":
-        return self.to("cpu")
-
-    def cuda(self) -> "Camera":
-        return self.to("cuda")
-
-    def clone(self) -> "Camera":
-        return Camera(self.data.clone())
-
-    def detach(self) -> "Camera":
-        return Camera(self.data.detach())
-
-    def reshape(self, *shape: int) -> "Camera":
-        return Camera(self.data.reshape(*shape, 6))
-
-    def __getitem__(self, index) -> "Camera":
-        if not isinstance(index, tuple):
-            index = (index,)
-        return Camera(self.data[index + (slice(None),)])
-
-    def __len__(self) -> int:
-        if not self.shape:
-            raise TypeError("len() of an unbatched Camera")
-        return self.shape[0]
-
-    @staticmethod
-    def stack(cameras: Sequence["Camera"], dim: int = 0) -> "Camera":
-        return Camera(torch.stack([c.data for c in cameras], dim if dim >= 0 else dim - 1))
-
-    @staticmethod
-    def cat(cameras: Sequence["Camera"], dim: int = 0) -> "Camera":
-        if dim < 0:
-            dim -= 1
-        return Camera(torch.cat([c.data for c in cameras], dim))
-
-    def __repr__(self) -> str:
-        return f"Camera(shape={tuple(self.shape)}, data={self.data if self.data.numel() <= 12 else '...'})"
 
 
 def ensure_camera(camera: Union[Camera, Tensor], name: str = "camera") -> Camera:

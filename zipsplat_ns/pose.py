@@ -13,13 +13,15 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from zipsplat_ns.packed import PackedTensor
 from zipsplat_ns.tensor_checks import as_float_tensor, check_finite, check_last_dims
 
 
-class Pose:
+class Pose(PackedTensor):
     """SE(3) camera-to-world transform packed as ``[R row-major (9), t (3)]``; ``t`` is the camera centre."""
 
-    __slots__ = ("data",)
+    __slots__ = ()
+    WIDTH = 12
 
     def __init__(self, data: Float[Tensor, "*batch 12"]):
         data = as_float_tensor(data, "Pose data")
@@ -106,18 +108,6 @@ class Pose:
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
-    def shape(self) -> torch.Size:
-        return self.data.shape[:-1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.data.dtype
-
-    @property
     def R(self) -> Float[Tensor, "*batch 3 3"]:
         return self.data[..., :9].reshape(*self.shape, 3, 3)
 
@@ -169,46 +159,6 @@ class Pose:
     def scale_translation(self, s: Union[float, Tensor]) -> "Pose":
         s = torch.as_tensor(s, dtype=self.dtype, device=self.device)
         return Pose(torch.cat([self.data[..., :9], self.data[..., 9:] * s[..., None]], -1))
-
-    # ------------------------------------------------------------------------------------------ tensor plumbing
-    def to(self, *args, **kwargs) -> "Pose":
-        return Pose(self.data.to(*args, **kwargs))
-
-    def cpu(self) -> "Pose":
-        return self.to("cpu")
-
-    def cuda(self) -> "Pose":
-        return self.to("cuda")
-
-    def clone(self) -> "Pose":
-        return Pose(self.data.clone())
-
-    def detach(self) -> "Pose":
-        return Pose(self.data.detach())
-
-    def reshape(self, *shape: int) -> "Pose":
-        return Pose(self.data.reshape(*shape, 12))
-
-    def __getitem__(self, index) -> "Pose":
-        if not isinstance(index, tuple):
-            index = (index,)
-        return Pose(self.data[index + (slice(None),)])
-
-    def __len__(self) -> int:
-        if not self.shape:
-            raise TypeError("len() of an unbatched Pose")
-        return self.shape[0]
-
-    @staticmethod
-    def stack(poses: Sequence["Pose"], dim: int = 0) -> "Pose":
-        return Pose(torch.stack([p.data for p in poses], dim if dim >= 0 else dim - 1))
-
-    @staticmethod
-    def cat(poses: Sequence["Pose"], dim: int = 0) -> "Pose":
-        return Pose(torch.cat([p.data for p in poses], dim if dim >= 0 else dim - 1))
-
-    def __repr__(self) -> str:
-        return f"Pose(shape={tuple(self.shape)})"
 
 
 def quat_to_rotmat(quat: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 3 3"]:
