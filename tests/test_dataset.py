@@ -444,3 +444,76 @@ def test_depth_codes_cropped_before_dequantising_match_the_float_path():
     ref = resize_depth(decode_depth(data, r), (nh, nw))[top : top + 28, left : left + 28]
     fast = dequantize_depth(nearest_cover_crop(decode_gray(data), (36, 64), 28), r)
     np.testing.assert_array_equal(ref, fast)
+
+
+# ------------------------------------------------------------------------------------------- fast loader path
+@pytest.mark.parametrize(
+    "hw,size",
+    [((360, 640), 252), ((540, 960), 252), ((822, 1236), 252), ((640, 360), 64), ((251, 397), 28), ((37, 53), 64),
+     ((252, 252), 252), ((253, 300), 252), ((1080, 1920), 224)],
+)  # fmt: skip
+def test_crop_only_resize_equals_full_resize_then_crop(hw, size):
+    from zipsplat_ns.data.preprocess import crop_offsets, resize_crop_image, resize_image
+
+    img = np.random.default_rng(hw[0] * 7 + size).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    nh, nw = cover_size(*hw, size)
+    top, left = crop_offsets(nh, nw, size)
+    full = resize_image(img, (nh, nw))[:, top : top + size, left : left + size]  # torch F.interpolate, antialias
+    fast = resize_crop_image(torch.from_numpy(img).permute(2, 0, 1).contiguous(), (nh, nw), top, left, size)
+    assert fast.shape == (3, size, size) and fast.dtype == torch.float32 and fast.is_contiguous()
+    assert (fast - full).abs().max().item() < 1e-6
+    out, _, _ = preprocess_view(
+        torch.from_numpy(img).permute(2, 0, 1), np.array([hw[1], hw[0], 50, 50, 20, 20.0]), size
+    )
+    assert torch.equal(out, preprocess_view(img, np.array([hw[1], hw[0], 50, 50, 20, 20.0]), size)[0])
+
+
+def _pil(data: bytes, mode: str) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert(mode))
+
+
+def test_fast_decoders_give_the_pil_pixels():
+    import io
+
+    from PIL import Image
+
+    from zipsplat_ns.data import images as I
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    cases = [encode_image(a, f) for a in (rgb, grey) for f in ("jpg", "png", "webp")]
+    for mode, fmt, kw in [("RGBA", "PNG", {}), ("RGBA", "WEBP", {"lossless": True}), ("RGB", "JPEG", {"progressive": True}),
+                          ("P", "PNG", {}), ("CMYK", "JPEG", {})]:  # fmt: skip
+        buf = io.BytesIO()
+        Image.fromarray(rgb).convert(mode).save(buf, fmt, **kw)
+        cases.append(buf.getvalue())
+    cases.append(encode_depth(rng.uniform(1, 9, (20, 30)).astype(np.float32))[0])
+    for data in cases:
+        assert np.array_equal(I.decode_image(data), _pil(data, "RGB"))
+        assert np.array_equal(I.decode_image_tensor(data).permute(1, 2, 0).numpy(), _pil(data, "RGB"))
+        assert np.array_equal(I.decode_gray(data), _pil(data, "L"))
+        assert np.array_equal(I.pil_luma(I.decode_gray_deferred(data)), _pil(data, "L"))
+    with pytest.raises(ValueError, match="cannot decode"):
+        I.decode_image_tensor(b"\xff\xd8\xff not a jpeg")
+
+
+def test_fast_scale_helpers_match_the_plain_formulas():
+    from zipsplat_ns.data.dataset import _median_sqrt, _unproject_sq_norms, unproject_norms
+
+    rng = np.random.default_rng(1)
+    d = rng.uniform(0.5, 5, (20, 24)).astype(np.float32)
+    d[3, 4] = -1
+    cam = np.array([24, 20, 18.0, 19.0, 12.3, 9.8])
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = _yaw(0.3), [0.2, -0.1, 0.4]
+    sq = _unproject_sq_norms(d, cam, T)
+    assert np.array_equal(np.sqrt(np.maximum(sq, 0)), unproject_norms(d, cam, T))
+    for n in (1, 2, 7, 10):
+        x = rng.uniform(0, 4, n)
+        assert _median_sqrt(x) == float(np.median(np.sqrt(x)))

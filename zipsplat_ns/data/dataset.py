@@ -86,7 +86,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from zipsplat_ns.data import shards as _shards
 from zipsplat_ns.data.depth_codec import INVALID_DEPTH, dequantize_depth
-from zipsplat_ns.data.images import decode_gray, decode_image
+from zipsplat_ns.data.images import decode_gray_deferred, decode_image_tensor, pil_luma
 from zipsplat_ns.data.preprocess import nearest_cover_crop, preprocess_view
 from zipsplat_ns.data.samplers import (
     BoundedSampler,
@@ -316,6 +316,47 @@ def unproject_norms(depth: np.ndarray, camera: np.ndarray, pose44: np.ndarray) -
     return np.sqrt(np.maximum(n2[valid], 0.0))
 
 
+def _unproject_sq_norms(depth: np.ndarray, camera: np.ndarray, pose44: np.ndarray) -> np.ndarray:
+    """``||p||^2`` of the valid pixels, before the clamp at 0 and the square root of :func:`unproject_norms` (the same
+    float64 operations in the same order, computed in place)."""
+    valid = depth >= 0
+    if not valid.any():
+        return np.zeros(0)
+    h, w = depth.shape
+    _, _, fx, fy, cx, cy = np.asarray(camera, dtype=np.float64)
+    R, t = pose44[:3, :3], pose44[:3, 3]
+    q = R.T @ t
+    rx = (np.arange(w) - cx) / fx
+    ry = (np.arange(h) - cy) / fy
+    d = depth.astype(np.float64)
+    r2 = (rx * rx)[None, :] + (ry * ry)[:, None] + 1.0
+    rq = (rx * q[0])[None, :] + (ry * q[1])[:, None] + q[2]
+    n2 = d * d
+    n2 *= r2
+    rq *= 2.0 * d  # == (2.0 * d) * rq
+    n2 += rq
+    n2 += float(t @ t)
+    return n2[valid]
+
+
+def _median_sqrt(sq: np.ndarray) -> float:
+    """``np.median(np.sqrt(np.maximum(sq, 0)))`` of finite ``sq``: the square root is monotonic, so only the middle
+    element(s) are rooted (the same values and the same mean of the two middle ones as ``np.median``)."""
+    n = sq.size
+    k = n // 2
+    if n % 2:
+        return float(np.sqrt(max(np.partition(sq, k)[k], 0.0)))
+    part = np.partition(sq, [k - 1, k])
+    a, b = np.sqrt(np.maximum(part[k - 1 : k + 1], 0.0))
+    return float(np.mean(np.array([a, b])))
+
+
+def _dequantize_lut(d_range: Tuple[float, float]) -> np.ndarray:
+    """float32 depth of each of the 256 codes: :func:`~zipsplat_ns.data.depth_codec.dequantize_depth` of
+    ``arange(256)`` (the same float64 arithmetic per code, so indexing it gives identical values)."""
+    return dequantize_depth(np.arange(256, dtype=np.uint8), d_range)
+
+
 def process_scene(
     raw: RawScene,
     views: ViewSample,
@@ -343,14 +384,15 @@ def process_scene(
     def view(i: int):
         if i not in cache:
             try:
-                img = decode_image(raw.images[i], name=f"{raw.key}.img{i}")
-                codes = decode_gray(raw.depths[i], name=f"{raw.key}.dep{i}") if with_depth else None
+                img = decode_image_tensor(raw.images[i], name=f"{raw.key}.img{i}")
+                codes = decode_gray_deferred(raw.depths[i], name=f"{raw.key}.dep{i}") if with_depth else None
             except ValueError as exc:
                 raise SceneSkip("decode_error", str(exc)) from exc
             image, cam, _ = preprocess_view(img, raw.cameras[i], image_size)
             dep = None
-            if codes is not None:  # nearest resize + crop of the uint8 codes, then dequantise only S x S pixels
-                dep = dequantize_depth(nearest_cover_crop(codes, img.shape[:2], image_size), raw.depth_ranges[i])
+            if codes is not None:  # nearest resize + crop of the codes, then grey + dequantise only S x S pixels
+                crop = pil_luma(nearest_cover_crop(codes, tuple(img.shape[-2:]), image_size))
+                dep = _dequantize_lut(raw.depth_ranges[i]).take(crop)
             cache[i] = (image, cam, dep)
         return cache[i]
 
@@ -376,15 +418,15 @@ def process_scene(
     scale_source = "baseline"
     scale = math.nan
     if with_depth:
-        norms = np.concatenate(
+        sq = np.concatenate(
             [
-                unproject_norms(d, c, P)
+                _unproject_sq_norms(d, c, P)
                 for d, c, P in zip(groups["context"]["depth"], groups["context"]["camera"], rel["context"])
             ]
         )
-        norms = norms[np.isfinite(norms)]
-        if norms.size:
-            scale, scale_source = float(np.median(norms)), "depth"
+        sq = sq[np.isfinite(sq)]
+        if sq.size:
+            scale, scale_source = _median_sqrt(sq), "depth"
         else:
             logger.warning("scene %s: no valid context depth pixel; using the camera baseline for the scale", raw.key)
             with_depth = False
@@ -403,8 +445,11 @@ def process_scene(
         P[:, :3, 3] /= scale
         g["pose"] = np.concatenate([P[:, :3, :3].reshape(-1, 9), P[:, :3, 3]], -1).astype(np.float32)
         g["camera"] = g["camera"].astype(np.float32)
-        d = g["depth"]
-        g["depth"] = np.where(d >= 0, d / scale, INVALID_DEPTH).astype(np.float32)
+        d = np.asarray(g["depth"], dtype=np.float32)
+        invalid = ~(d >= 0)
+        d = d / np.float32(scale)  # float32 division, as ``d / scale`` with a Python float (NEP 50)
+        d[invalid] = INVALID_DEPTH
+        g["depth"] = d
         if not (np.isfinite(g["pose"]).all() and np.isfinite(g["camera"]).all() and np.isfinite(g["depth"]).all()):
             raise SceneSkip("non_finite", f"non-finite {name} pose, camera or depth after processing")
     return {
@@ -517,7 +562,13 @@ class ShardStream(IterableDataset):
     # ----------------------------------------------------------------------------------------------- readers
     def _worker(self) -> Tuple[int, int]:
         info = get_worker_info()
-        return (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is None:
+            return 0, 1
+        # one intra-op thread per worker (DataLoader's worker loop sets it too; a custom worker_init_fn or another
+        # loader might not): the per-image ops are small and N workers x M threads only fight over the cores
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+        return info.id, info.num_workers
 
     def _raw_items(
         self, gw: int, total: int, wid: int, nw: int
