@@ -222,3 +222,21 @@ def test_shards_cli_check_and_repack(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     missing = subprocess.run(exe + ["shards", "check", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "shard directory not found" in missing.stderr
+
+
+def test_resize_writes_square_copies_with_matching_intrinsics_and_depth(tmp_path):
+    from zipsplat_ns.data.shard_tools import resize_shards
+
+    src = tmp_path / "src"
+    write_shards([make_scene("r0", n=3, h=24, w=40), make_scene("r1", n=3, depth=False, h=30, w=20)], src)
+    report = resize_shards(src, tmp_path / "dst", size=16)
+    assert sorted(report.good) == ["r0", "r1"] and report.bad == []
+    out = {s.key: s for p in list_shards(tmp_path / "dst") for s in iter_scenes(p)}
+    # 40x24 -> cover 16: scale 16/24 -> 26.67x16 rounded to even 26x16, centre crop offset (26-16)//2 = 5
+    cam = out["r0"].cameras[0]
+    assert cam[:2].tolist() == [16, 16]
+    assert cam[2] == pytest.approx(30.0 * 26 / 40, rel=1e-5) and cam[4] == pytest.approx(20.0 * 26 / 40 - 5, rel=1e-5)
+    assert decode_image(out["r0"].images[0]).shape == (16, 16, 3)
+    d = decode_depth(out["r0"].depths[0], out["r0"].depth_ranges[0])
+    assert d.shape == (16, 16) and (d > 0).mean() > 0.9
+    assert out["r1"].depths is None and decode_image(out["r1"].images[2]).shape == (16, 16, 3)

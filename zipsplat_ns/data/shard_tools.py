@@ -155,28 +155,27 @@ def repack_shards(src: Path, dst: Path, *, shard_size_mb: float = 512.0, overwri
 
 def resize_scene(scene: RawScene, size: int) -> RawScene:
     """Square ``size`` x ``size`` copy of a scene (resize-to-cover, centre crop, intrinsics and depth updated)."""
-    import torch
-
     from zipsplat_ns.data.depth_codec import encode_depth
     from zipsplat_ns.data.images import encode_image
     from zipsplat_ns.data.preprocess import preprocess_view
 
     images, depths, ranges, cams = [], [], [], []
     for i, data in enumerate(scene.images):
-        img = torch.from_numpy(decode_image(data, name=f"{scene.key}.img{i}")).permute(2, 0, 1).float() / 255
+        img = decode_image(data, name=f"{scene.key}.img{i}")
         dep = None
         if scene.depths is not None:
-            dep = torch.from_numpy(decode_depth(scene.depths[i], scene.depth_ranges[i], name=f"{scene.key}.dep{i}"))
-        out_img, out_cam, out_dep = preprocess_view(img, torch.from_numpy(scene.cameras[i]).float(), dep, size)
+            dep = decode_depth(scene.depths[i], scene.depth_ranges[i], name=f"{scene.key}.dep{i}")
+        out_img, out_cam, out_dep = preprocess_view(img, scene.cameras[i], size, depth=dep)
         images.append(encode_image((out_img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy(), "webp"))
-        cams.append(out_cam.numpy())
+        cams.append(np.asarray(out_cam, dtype=np.float32))
         if out_dep is not None:
-            b, r = encode_depth(out_dep.numpy())
+            b, r = encode_depth(np.asarray(out_dep))
             depths.append(b)
             ranges.append(r)
+    has_depth = scene.depths is not None
     return RawScene(
-        scene.key, np.stack(cams).astype(np.float32), scene.poses, images,
-        depths if scene.depths is not None else None, ranges if scene.depths is not None else None, dict(scene.meta),
+        scene.key, np.stack(cams), scene.poses, images,
+        depths if has_depth else None, ranges if has_depth else None, dict(scene.meta),
     )  # fmt: skip
 
 
