@@ -1,16 +1,61 @@
-"""nerfstudio Pipeline for ZipSplat.
+"""nerfstudio Pipeline of the ZipSplat methods: multi-scene feed-forward training, evaluation and scene selection.
 
-The multi-scene training pipeline (streamed shards, feed-forward model, benchmark evaluation) is built on top of this
-module. In this release only the configuration is registered, so that ``ns-train --help`` lists the methods; running
-one stops with a clear message instead of failing somewhere inside nerfstudio.
+:class:`ZipSplatPipeline` subclasses ``VanillaPipeline`` (nerfstudio's scripts check for it) without running its
+``__init__``: it builds the :class:`~zipsplat_ns.datamanagers.ZipSplatDataManager` and the
+:class:`~zipsplat_ns.models.zipsplat_model.ZipSplatModel` itself, calls ``torch.cuda.set_device(local_rank)`` and wraps
+the model in ``DDP(find_unused_parameters=False)`` when ``world_size > 1``.
+
+Training step (:meth:`ZipSplatPipeline.get_train_loss_dict`):
+
+1. view schedule: ``datamanager.set_max_views(max_views(step, total_steps))`` (2 -> ``max_views`` over the first half);
+2. ``inputs, batch = datamanager.next_train(step)``;
+3. ``outputs = self._model(inputs)`` (through DDP), then ``get_metrics_dict`` / ``get_loss_dict`` on ``self.model``;
+4. metrics also carry the datamanager's skip counters (``skipped_scenes``) and the throughput (``images_per_s``:
+   context images per second over the whole previous iteration, all ranks).
+
+Without ``--data`` (datamanager ``data`` and ``datasets`` unset) the built-in synthetic dataset of
+:mod:`zipsplat_ns.default_data` is generated on first use and used.
+
+Logging: nerfstudio writes the loss terms, the metrics (PSNR, Gaussian count, compression, view count, activated
+fraction, skip counts, throughput) and the learning rates to TensorBoard; the periodic "Eval Images" grids show the
+context views, the target views and the renders. In addition, rank 0 appends one JSON line per step (step, loss,
+every metric) to ``<run dir>/zipsplat_metrics.jsonl``, next to ``config.yml``, never inside ``nerfstudio_models/``
+(``--load-dir`` parses every file name there as a checkpoint).
+
+Gradient guard: nerfstudio clips each parameter group separately (``max_norm`` per optimizer config) and has no
+non-finite check. The pipeline registers a step pre-hook on every optimizer: when any gradient of the model is NaN/Inf
+(checked once per step, over all groups), all gradients are dropped (set to None), so no group steps; the count is
+logged as ``nonfinite_grad_skipped``. Non-finite *losses* are handled by the model (see
+:mod:`zipsplat_ns.models.zipsplat_model`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import time
+import typing
 from dataclasses import dataclass, field
-from typing import Type
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
-from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+import torch
+import torch.distributed as dist
+from torch.cuda.amp.grad_scaler import GradScaler
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+
+from zipsplat_ns.datamanagers.zipsplat_datamanager import ZipSplatDataManagerConfig
+from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
+from zipsplat_ns.schedules import max_views
+
+logger = logging.getLogger(__name__)
+METRICS_FILENAME = "zipsplat_metrics.jsonl"
 
 
 @dataclass
@@ -18,14 +63,362 @@ class ZipSplatPipelineConfig(VanillaPipelineConfig):
     """Pipeline config of the ZipSplat methods."""
 
     _target: Type = field(default_factory=lambda: ZipSplatPipeline)
+    datamanager: DataManagerConfig = field(default_factory=ZipSplatDataManagerConfig)
+    """Sharded multi-scene data (no DataParser)."""
+    model: ModelConfig = field(default_factory=ZipSplatModelConfig)
+    """The feed-forward model."""
+    view_schedule_fraction: float = 0.5
+    """The maximum context view count ramps from min_views to max_views over this fraction of total_steps."""
+    viewer_refresh_every: int = 100
+    """While training with the viewer on: re-predict the viewer scene every N steps."""
+    write_metrics_jsonl: bool = True
+    """Append every step's loss and metrics to <run dir>/zipsplat_metrics.jsonl (rank 0)."""
+    eval_fallback_batches: int = 8
+    """Without an eval index file, the all-images evaluation averages this many batches of the test stream."""
+    eval_all_max_scenes_in_training: Optional[int] = 16
+    """Cap on benchmark scenes when the trainer runs the all-images evaluation (None = all; ns-eval: always all)."""
+    eval_rank0_only: bool = True
+    """Under DDP, run the evaluation iterations on rank 0 only (the others return empty results)."""
+
+
+def _floats(d: Dict[str, Any]) -> Dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                continue
+            v = v.detach().float().item()
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
 
 
 class ZipSplatPipeline(VanillaPipeline):
-    """Placeholder until feed-forward training lands: refuses to start, saying why."""
+    """Multi-scene feed-forward training pipeline (see the module docstring)."""
 
-    def __init__(self, config: ZipSplatPipelineConfig, *args, **kwargs):  # noqa: D401
-        raise RuntimeError(
-            "zipsplat_ns 0.1.0 registers the ZipSplat methods but cannot train them yet: multi-scene training "
-            "(the sharded datamanager and the feed-forward model) is not part of this release. "
-            "Use the Python API (zipsplat_ns.Gaussians, zipsplat_ns.ZipSplat) meanwhile."
+    config: ZipSplatPipelineConfig
+
+    def __init__(
+        self,
+        config: ZipSplatPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        Pipeline.__init__(self)  # not VanillaPipeline.__init__ (single-scene assumptions, find_unused_parameters=True)
+        self.config = config
+        self.test_mode = test_mode
+        self.world_size = int(world_size)
+        self.local_rank = int(local_rank)
+        dev = torch.device(device)
+        if self.world_size > 1 and dev.type == "cuda":
+            torch.cuda.set_device(self.local_rank)
+        dm_cfg = config.datamanager
+        if isinstance(dm_cfg, ZipSplatDataManagerConfig) and dm_cfg.data is None and not dm_cfg.datasets:
+            from zipsplat_ns.default_data import ensure_default_data
+
+            dm_cfg.data = ensure_default_data(progress=self.local_rank == 0)
+        self.datamanager = dm_cfg.setup(device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
+        self.datamanager.to(device)  # v1.1.5: the DataManager is an nn.Module
+        train_ds = self.datamanager.train_dataset
+        assert train_ds is not None, "ZipSplatDataManager has no viewer scene"
+        self._model = config.model.setup(
+            scene_box=train_ds.scene_box,
+            num_train_data=len(train_ds),
+            metadata=train_ds.metadata,
+            device=device,
+            grad_scaler=grad_scaler,
         )
+        self.model.to(device)
+        self.model.seed_rng(int(getattr(self.model.config, "seed", 0)) + 1000 * self._global_rank())
+        if self.world_size > 1:
+            self.model.distributed = True
+            self._model = typing.cast(
+                Any,
+                DDP(
+                    self._model,
+                    device_ids=[self.local_rank] if dev.type == "cuda" else None,
+                    find_unused_parameters=False,
+                ),
+            )
+            if dev.type == "cuda":
+                dist.barrier(device_ids=[self.local_rank])
+            else:
+                dist.barrier()
+        self._last_call: Optional[float] = None
+        self._last_images = 0
+        self._last_record: Dict[str, float] = {}
+        self._grad_guard_installed = False
+        self._train_calls = 0
+        self.nonfinite_grad_skipped = 0
+        self._metrics_path: Optional[Path] = None
+
+    # ----------------------------------------------------------------------------------------------- utils
+    def _global_rank(self) -> int:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+        return self.local_rank
+
+    def _is_main(self) -> bool:
+        return self._global_rank() == 0
+
+    def total_steps(self) -> int:
+        return int(getattr(self.model.config, "total_steps", 1))
+
+    # -------------------------------------------------------------------------------------------- training
+    def get_train_loss_dict(self, step: int):
+        dm = self.datamanager
+        c = dm.config
+        now = time.perf_counter()
+        throughput = None
+        if self._last_call is not None and now > self._last_call:
+            throughput = self._last_images * self.world_size / (now - self._last_call)
+        self._last_call = now
+        self._train_calls += 1
+        current_max = dm.set_max_views(
+            max_views(
+                step, self.total_steps(), min_views=c.min_views, max_views_cap=c.max_views,
+                schedule_fraction=self.config.view_schedule_fraction,
+            )
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        inputs, batch = dm.next_train(step)
+        data_s = time.perf_counter() - t0
+        self.model.update_to_step(step)
+        model_inputs = dict(inputs)
+        model_inputs["has_depth"] = batch["has_depth"]
+        outputs = self._model(model_inputs)
+        metrics = self.model.get_metrics_dict(outputs, batch)
+        loss_dict = self.model.get_loss_dict(outputs, batch, metrics)
+        B, V = inputs["context_image"].shape[:2]
+        self._last_images = int(B * V)
+        metrics["max_views"] = torch.tensor(float(current_max))
+        metrics["data_time_s"] = torch.tensor(float(data_s))
+        metrics["skipped_scenes"] = torch.tensor(float(sum(dm.skip_counts.values())))
+        for reason, n in dm.skip_counts.items():
+            metrics[f"skipped/{reason}"] = torch.tensor(float(n))
+        metrics["nonfinite_grad_skipped"] = torch.tensor(float(self.nonfinite_grad_skipped))
+        if throughput is not None:
+            metrics["images_per_s"] = torch.tensor(float(throughput))
+        self._last_record = {"step": float(step), **_floats(loss_dict), **_floats(metrics)}
+        if loss_dict:
+            self._last_record["loss"] = float(sum(float(v.detach()) for v in loss_dict.values()))
+        return outputs, loss_dict, metrics
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _skip_eval(self) -> bool:
+        return self.world_size > 1 and self.config.eval_rank0_only and not self._is_main()
+
+    @torch.no_grad()
+    def get_eval_loss_dict(self, step: int):
+        if self._skip_eval():
+            return {}, {"eval_skipped": torch.tensor(0.0)}, {}
+        self.eval()
+        try:
+            inputs, batch = self.datamanager.next_eval(step)
+            outputs = self.model({**inputs, "has_depth": batch["has_depth"]})
+            metrics = self.model.get_metrics_dict(outputs, batch)
+            loss_dict = self.model.get_loss_dict(outputs, batch, metrics)
+        finally:
+            self.train()
+        return outputs, loss_dict, metrics
+
+    @staticmethod
+    def image_grid(context: torch.Tensor, target: torch.Tensor, render: torch.Tensor) -> torch.Tensor:
+        """``(H, W, 3)`` grid of one scene: context views | target views | renders (rows), each ``(V, 3, h, w)``."""
+        h = max(target.shape[-2], context.shape[-2])
+
+        def row(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-2] != h:
+                x = torch.nn.functional.interpolate(x, size=(h, round(x.shape[-1] * h / x.shape[-2])), mode="area")
+            return torch.cat(list(x), -1)
+
+        rows = [row(context), row(target), row(render)]
+        width = max(r.shape[-1] for r in rows)
+        rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
+        return torch.cat(rows, -2).permute(1, 2, 0).clamp(0, 1).float().cpu()
+
+    @torch.no_grad()
+    def get_eval_image_metrics_and_images(self, step: int):
+        if self._skip_eval():
+            return {"num_rays": 1}, {}
+        self.eval()
+        try:
+            inputs, batch = self.datamanager.next_eval_image(step)
+            outputs = self.model({**inputs, "has_depth": batch["has_depth"]})
+            metrics, _ = self.model.get_image_metrics_and_images(outputs, batch)
+        finally:
+            self.train()
+        render = outputs["target_render"][0, :, :3]
+        images = {"context|target|render": self.image_grid(inputs["context_image"][0], batch["image"][0], render)}
+        B, Vt = batch["image"].shape[:2]
+        metrics["num_rays"] = int(B * Vt * render.shape[-1] * render.shape[-2])
+        metrics["num_gaussians"] = float(outputs["means"].shape[1])
+        return metrics, images
+
+    def _eval_items(self, max_scenes: Optional[int]):
+        dm = self.datamanager
+        if getattr(dm.config, "eval_index_file", None) is not None:
+            for n, item in enumerate(dm.benchmark_items()):
+                if max_scenes is not None and n >= max_scenes:
+                    break
+                yield item
+            return
+        logger.warning("no --pipeline.datamanager.eval-index-file: evaluating %d test-stream batches", self.config.eval_fallback_batches)
+        for i in range(self.config.eval_fallback_batches):
+            inputs, batch = dm.next_eval(i)
+            scenes = dm.last_batch_info.get("scene") or [f"batch{i}"]
+            yield ",".join(scenes), inputs, batch
+
+    @torch.no_grad()
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ) -> Dict[str, float]:
+        """PSNR / SSIM / LPIPS of the target views at their GT poses, averaged per scene then over scenes.
+
+        Scenes come from ``datamanager.benchmark_items()`` (the eval index file), else from a few batches of the test
+        stream. During training (``step`` given) at most ``eval_all_max_scenes_in_training`` scenes are used.
+        With ``output_path`` the renders and GT images are written there as PNGs.
+        """
+        from zipsplat_ns.metrics import compute_metrics
+
+        if self._skip_eval():
+            return {}
+        max_scenes = self.config.eval_all_max_scenes_in_training if step is not None else None
+        per_scene: Dict[str, Dict[str, float]] = {}
+        views = 0
+        t0 = time.perf_counter()
+        self.eval()
+        try:
+            for scene, inputs, batch in self._eval_items(max_scenes):
+                outputs = self.model({**inputs, "has_depth": batch["has_depth"]})
+                rgb = outputs["target_render"][:, :, :3].clamp(0, 1)
+                m = compute_metrics(rgb, batch["image"])
+                per_scene[scene] = {k: float(v.float().mean()) for k, v in m.items()}
+                views += int(rgb.shape[0] * rgb.shape[1])
+                if output_path is not None:
+                    self._save_renders(Path(output_path), scene, rgb, batch["image"])
+        finally:
+            self.train()
+        elapsed = time.perf_counter() - t0
+        out: Dict[str, float] = {}
+        if per_scene:
+            for k in next(iter(per_scene.values())):
+                vals = torch.tensor([s[k] for s in per_scene.values()], dtype=torch.float64)
+                out[k] = float(vals.mean())
+                if get_std:
+                    out[f"{k}_std"] = float(vals.std(unbiased=False))
+        out["num_scenes"] = float(len(per_scene))
+        out["num_views"] = float(views)
+        out["fps"] = float(views / elapsed) if elapsed > 0 else 0.0
+        out["num_missing_scenes"] = float(len(getattr(self.datamanager, "benchmark_missing", []) or []))
+        out["num_skipped_scenes"] = float(sum(self.datamanager.skip_counts.values()))
+        return out
+
+    @staticmethod
+    def _save_renders(root: Path, scene: str, rgb: torch.Tensor, gt: torch.Tensor) -> None:
+        from PIL import Image
+
+        root.mkdir(parents=True, exist_ok=True)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in scene)
+        for b in range(rgb.shape[0]):
+            for v in range(rgb.shape[1]):
+                for name, img in (("render", rgb[b, v]), ("gt", gt[b, v])):
+                    arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+                    Image.fromarray(arr).save(root / f"{safe}_{b:02d}_{v:02d}_{name}.png")
+
+    # ---------------------------------------------------------------------------------- loading and scenes
+    def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
+        super().load_pipeline(loaded_state, step)
+        if self.test_mode in ("test", "inference"):
+            self.select_scene(self.datamanager.viewer_scene_key)
+
+    def select_scene(self, key: Optional[str] = None, compression: Optional[float] = None) -> None:
+        """Predict scene ``key`` (default: the datamanager's viewer scene) and cache it for viewer and export."""
+        key = key or self.datamanager.viewer_scene_key
+        self.model.set_scene(self.datamanager.scene_context(key), compression=compression)
+
+    # ------------------------------------------------------------------------------------------ callbacks
+    def _install_grad_guard(self, optimizers) -> None:
+        if self._grad_guard_installed or optimizers is None:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        state = {"checked_for": -1}
+
+        def pre_hook(optimizer, args, kwargs):
+            # one global check per backward pass: the first optimizer stepping after a backward does it
+            if state["checked_for"] == self._train_calls:
+                return None
+            state["checked_for"] = self._train_calls
+            grads = [p.grad for p in params if p.grad is not None]
+            if not grads:
+                return None
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+            if not bool(finite):
+                self.nonfinite_grad_skipped += 1
+                logger.warning("non-finite gradient: skipping the optimizer step (%d so far)", self.nonfinite_grad_skipped)
+                for p in params:
+                    p.grad = None
+            return None
+
+        for opt in optimizers.optimizers.values():
+            opt.register_step_pre_hook(pre_hook)
+        self._grad_guard_installed = True
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        attrs = training_callback_attributes
+        self._install_grad_guard(attrs.optimizers)
+        trainer = attrs.trainer
+        callbacks = list(self.datamanager.get_training_callbacks(attrs)) + list(self.model.get_training_callbacks(attrs))
+        if trainer is not None:
+            self._check_lengths(trainer)
+            if self.config.write_metrics_jsonl and self._is_main():
+                self._metrics_path = Path(trainer.base_dir) / METRICS_FILENAME
+                callbacks.append(
+                    TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._write_metrics)
+                )
+            if getattr(trainer, "viewer_state", None) is not None:
+                callbacks.append(
+                    TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._refresh_viewer_scene)
+                )
+        return callbacks
+
+    def _check_lengths(self, trainer) -> None:
+        total = self.total_steps()
+        n = int(trainer.config.max_num_iterations)
+        sched = []
+        for group, spec in (trainer.config.optimizers or {}).items():
+            s = spec.get("scheduler")
+            if s is not None and hasattr(s, "max_steps"):
+                sched.append((group, int(s.max_steps)))
+        mismatch = [g for g, m in sched if m != total]
+        if mismatch or (n != total and trainer.config.load_dir is None and trainer.config.load_checkpoint is None):
+            logger.warning(
+                "training length: --max-num-iterations %d, model total_steps %d, scheduler max_steps %s; the LR, "
+                "compression and view schedules assume total_steps (set --pipeline.model.total-steps and "
+                "--optimizers.{backbone,head}.scheduler.max-steps together with --max-num-iterations)",
+                n, total, dict(sched),
+            )  # fmt: skip
+
+    def _write_metrics(self, step: int) -> None:
+        if self._metrics_path is None or not self._last_record:
+            return
+        rec = dict(self._last_record)
+        rec["step"] = int(step)
+        rec["time"] = time.time()
+        try:
+            with open(self._metrics_path, "a") as f:
+                f.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in rec.items()}) + "\n")
+        except OSError as exc:  # logging must never stop training
+            logger.warning("could not append to %s: %s", self._metrics_path, exc)
+            self._metrics_path = None
+
+    def _refresh_viewer_scene(self, step: int) -> None:
+        k = max(1, int(self.config.viewer_refresh_every))
+        if self.model.scene is None or step % k == 0:
+            self.select_scene()
+
+
+__all__ = ["ZipSplatPipeline", "ZipSplatPipelineConfig", "METRICS_FILENAME"]

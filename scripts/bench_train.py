@@ -1,0 +1,206 @@
+"""Training-step benchmark of the ZipSplat model (GPU): steps/s, context images/s and peak memory.
+
+One step = the nerfstudio model's full training step: network forward (bf16 autocast of backbone + fusion, fp32 head),
+gsplat rendering of the target views (and of the context views for the activated mask), every loss term of the
+recipe (L1, LPIPS-VGG, penalties, chamfer, depth), backward, per-group gradient clipping at 1.0 and AdamW
+(backbone 3e-5, rest 3e-4). TF32 on. Inputs are random tensors created on the GPU (no data loader), 24 context images
+per step, 4 target views per scene, 252 px. Warm-up steps are excluded; the median step time is reported.
+
+    python scripts/bench_train.py --output $OUT/bench_train.json [--variants small giant] [--steps 10]
+
+An out-of-memory (or any other) failure of one configuration is recorded in the JSON and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REFERENCE = {
+    "note": "reference network alone (no rendering/loss), random weights, bf16 autocast, TF32, AdamW, H100",
+    "giant": {"ms_per_step": [355, 413], "images_per_s": [58, 68], "peak_memory_gb": 46.7},
+    "small": {"ms_per_step": 96, "images_per_s": 250},
+}
+TARGETS = {
+    "giant": {"images_per_s_min": 70, "peak_memory_gb_max": 46.7},
+    "small": {"images_per_s_min": 400},
+}
+S = 252
+
+
+def make_batch(B: int, V: int, Vt: int, device: torch.device, seed: int):
+    g = torch.Generator(device=device).manual_seed(seed)
+    cam = torch.tensor([S, S, 230.0, 230.0, S / 2, S / 2], device=device)
+
+    def poses(n: int, offset: float) -> torch.Tensor:
+        R = torch.eye(3, device=device).reshape(9)
+        t = torch.stack([torch.tensor([offset * i, 0.0, 0.0], device=device) for i in range(n)])
+        return torch.cat([R.expand(n, 9), t], -1)
+
+    inputs = {
+        "context_image": torch.rand(B, V, 3, S, S, device=device, generator=g),
+        "context_camera": cam.expand(B, V, 6).clone(),
+        "context_pose": poses(V, 0.05).expand(B, V, 12).clone(),
+        "target_camera": cam.expand(B, Vt, 6).clone(),
+        "target_pose": poses(Vt, 0.07).expand(B, Vt, 12).clone(),
+    }
+    depth = 1.0 + torch.rand(B, Vt, S, S, device=device, generator=g)
+    batch = {
+        "image": torch.rand(B, Vt, 3, S, S, device=device, generator=g),
+        "depth": depth,
+        "has_depth": torch.ones(B, dtype=torch.bool, device=device),
+    }
+    inputs["has_depth"] = batch["has_depth"]
+    return inputs, batch
+
+
+def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device) -> dict:
+    from nerfstudio.data.scene_box import SceneBox
+
+    from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
+
+    rec = {"variant": variant, "scenes": B, "views": V, "context_images": B * V, "target_views_per_scene": 4,
+           "grad_checkpointing": grad_ckpt, "precision": "amp-bf16"}  # fmt: skip
+    model = None
+    try:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        cfg = ZipSplatModelConfig(variant=variant, precision="amp-bf16", grad_checkpointing=grad_ckpt, renderer="gsplat",
+                                  priors_probability=0.0, total_steps=450_000)  # fmt: skip
+        model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+                          metadata={}, device=str(device)).to(device)  # fmt: skip
+        model.train()
+        groups = model.get_param_groups()
+        opts = {
+            "backbone": torch.optim.AdamW(groups["backbone"], lr=3e-5, betas=(0.9, 0.95), weight_decay=0.05),
+            "head": torch.optim.AdamW(groups["head"], lr=3e-4, betas=(0.9, 0.95), weight_decay=0.05),
+        }
+        rec["trainable_params"] = sum(p.numel() for g in groups.values() for p in g)
+        inputs, batch = make_batch(B, V, 4, device, seed=0)
+        times, gaussians = [], []
+        for i in range(warmup + steps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for o in opts.values():
+                o.zero_grad(set_to_none=True)
+            model.update_to_step(i)
+            out = model(inputs)
+            metrics = model.get_metrics_dict(out, batch)
+            loss = sum(model.get_loss_dict(out, batch, metrics).values())
+            loss.backward()
+            for name, o in opts.items():  # nerfstudio clips per parameter group
+                torch.nn.utils.clip_grad_norm_(groups[name], 1.0)
+                o.step()
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times.append(dt)
+                gaussians.append(int(out["means"].shape[1]) * B)
+        med = statistics.median(times)
+        rec.update(
+            ok=True,
+            steps=steps,
+            warmup=warmup,
+            ms_per_step_median=1000 * med,
+            ms_per_step_all=[round(1000 * t, 2) for t in times],
+            steps_per_s=1.0 / med,
+            images_per_s=B * V / med,
+            gaussians_per_step_mean=statistics.mean(gaussians),
+            peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9,
+            peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9,
+            last_loss=float(loss.detach()),
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        rec.update(ok=False, error="OOM", detail=str(exc)[:500], peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9)
+    except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+        rec.update(ok=False, error=type(exc).__name__, detail=traceback.format_exc()[-2000:])
+    finally:
+        del model
+        torch.cuda.empty_cache()
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", type=Path, default=Path("bench_train.json"))
+    ap.add_argument("--variants", nargs="+", default=["small", "giant"])
+    ap.add_argument("--layouts", nargs="+", default=["4x6", "1x24"], help="scenes x views, 24 context images each")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--time-budget-s", type=float, default=420.0, help="skip remaining configurations after this")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_train.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    device = torch.device("cuda")
+    # build gsplat's CUDA extension and the LPIPS net outside the timings
+    t0 = time.perf_counter()
+    from zipsplat_ns.gaussians import Gaussians
+    from zipsplat_ns.camera import Camera
+    from zipsplat_ns.lpips import get_lpips_vgg
+    from zipsplat_ns.pose import Pose
+    from zipsplat_ns.rendering import render
+
+    g = Gaussians(torch.zeros(4, 3, device=device) + torch.tensor([0, 0, 2.0], device=device),
+                  torch.full((4, 3), 0.1, device=device), torch.tensor([[1.0, 0, 0, 0]] * 4, device=device),
+                  torch.full((4,), 0.5, device=device), torch.zeros(4, 4, 3, device=device))  # fmt: skip
+    render(g, Camera(torch.tensor([[32.0, 32, 30, 30, 16, 16]], device=device)), Pose.identity((1,), device=device),
+           backend="gsplat")  # fmt: skip
+    get_lpips_vgg(device)
+    setup_s = time.perf_counter() - t0
+
+    recipe_ckpt = {"giant": False, "large": True, "base": True, "small": True, "tiny": False}
+    results, start = [], time.perf_counter()
+    for variant in args.variants:
+        for layout in args.layouts:
+            B, V = (int(x) for x in layout.split("x"))
+            if time.perf_counter() - start > args.time_budget_s:
+                results.append({"variant": variant, "scenes": B, "views": V, "ok": False, "error": "skipped (time budget)"})
+                continue
+            rec = bench_one(variant, B, V, args.steps, args.warmup, recipe_ckpt.get(variant, False), device)
+            print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail")}), flush=True)
+            results.append(rec)
+    summary = {}
+    for variant in args.variants:
+        ok = [r for r in results if r.get("variant") == variant and r.get("ok")]
+        if ok:
+            best = min(ok, key=lambda r: r["ms_per_step_median"])
+            tgt = TARGETS.get(variant, {})
+            summary[variant] = {
+                "best_layout": f'{best["scenes"]}x{best["views"]}',
+                "images_per_s": best["images_per_s"],
+                "peak_memory_gb_max_over_layouts": max(r["peak_memory_gb"] for r in ok),
+                "meets_images_per_s_target": best["images_per_s"] >= tgt["images_per_s_min"] if tgt else None,
+                "meets_memory_target": (max(r["peak_memory_gb"] for r in ok) <= tgt["peak_memory_gb_max"])
+                if "peak_memory_gb_max" in tgt else None,
+            }  # fmt: skip
+    report = {
+        "what": "full ZipSplat training step (forward + gsplat render + all losses + backward + AdamW), bf16 autocast, TF32",
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "setup_s_gsplat_build_and_lpips": setup_s,
+        "reference_anchor": REFERENCE,
+        "targets": TARGETS,
+        "results": results,
+        "summary": summary,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""ZipSplatModel on CPU: construction, parameter groups, forward + losses + gradients, non-finite steps, the cached
+scene (splatfacto properties in the y-up viewer world) and the state dict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("nerfstudio")
+
+from nerfstudio.data.scene_box import SceneBox  # noqa: E402
+
+from zipsplat_ns.camera import Camera  # noqa: E402
+from zipsplat_ns.gaussians import Gaussians  # noqa: E402
+from zipsplat_ns.models.zipsplat_model import (  # noqa: E402
+    CompressionScheduleConfig,
+    ZipSplatModel,
+    ZipSplatModelConfig,
+    quat_flip_x,
+)
+from zipsplat_ns.ns_cameras import opengl_to_opencv_c2w, to_nerfstudio  # noqa: E402
+from zipsplat_ns.pose import Pose, quat_to_rotmat  # noqa: E402
+from zipsplat_ns.rendering import render  # noqa: E402
+
+S = 252
+
+
+def make_model(**kw) -> ZipSplatModel:
+    torch.manual_seed(0)
+    args = dict(
+        variant="tiny", gaussians_per_token=2, render_downscale=3, renderer="torch", priors_probability=0.0,
+        compression_schedule=CompressionScheduleConfig(r_min=0.1, r_max=0.1), total_steps=100,
+    )  # fmt: skip
+    args.update(kw)
+    cfg = ZipSplatModelConfig(**args)
+    box = SceneBox(aabb=torch.tensor([[-2.0] * 3, [2.0] * 3]))
+    return cfg.setup(scene_box=box, num_train_data=2, metadata={}, device="cpu")
+
+
+def _pose_rows(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.cat([R.reshape(-1), t])
+
+
+def make_batch(B: int = 1, Vc: int = 2, Vt: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cam = torch.tensor([S, S, 220.0, 220.0, S / 2, S / 2])
+    ident = _pose_rows(torch.eye(3), torch.zeros(3))
+    side = _pose_rows(torch.eye(3), torch.tensor([0.2, 0.0, 0.0]))
+    ctx_pose = torch.stack([ident] + [side] * (Vc - 1))
+    inputs = {
+        "context_image": torch.rand(B, Vc, 3, S, S, generator=g),
+        "context_camera": cam.expand(B, Vc, 6).clone(),
+        "context_pose": ctx_pose.expand(B, Vc, 12).clone(),
+        "target_camera": cam.expand(B, Vt, 6).clone(),
+        "target_pose": _pose_rows(torch.eye(3), torch.tensor([0.1, 0.0, 0.0])).expand(B, Vt, 12).clone(),
+    }
+    batch = {
+        "image": torch.rand(B, Vt, 3, S, S, generator=g),
+        "depth": torch.full((B, Vt, S, S), 1.0),
+        "context_depth": torch.full((B, Vc, S, S), 1.0),
+        "has_depth": torch.ones(B, dtype=torch.bool),
+    }
+    return inputs, batch
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+def test_construction_and_param_groups(model):
+    assert isinstance(model, ZipSplatModel)
+    assert not model.device_indicator_param.requires_grad
+    groups = model.get_param_groups()
+    assert set(groups) == {"backbone", "head"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    bb = [names[id(p)] for p in groups["backbone"]]
+    hd = [names[id(p)] for p in groups["head"]]
+    assert bb and hd and all(n.startswith("net.backbone.backbone.") for n in bb)
+    assert not any(n.startswith("net.backbone.backbone.") for n in hd)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "net.backbone.backbone.camera_token" in frozen
+    assert any(n.startswith("net.backbone.cam_enc.") for n in frozen)
+    grouped = set(bb) | set(hd)
+    assert not grouped & frozen
+    assert grouped | frozen == {n for n, _ in model.named_parameters()}  # every parameter is somewhere
+    assert len(set(bb) & set(hd)) == 0
+
+
+def test_forward_loss_and_gradients(model):
+    model.train()
+    model.update_to_step(0)
+    inputs, batch = make_batch()
+    out = model({**inputs, "has_depth": batch["has_depth"]})
+    N = out["means"].shape[1]
+    assert N == int(2 * 324 * 0.1) * 2  # V * 324 * compression tokens x 2 Gaussians/token
+    assert out["target_render"].shape == (1, 1, 4, S // 3, S // 3)  # RGB + accumulated depth, downscaled
+    assert out["activated"].shape == (1, N) and out["activated"].dtype == torch.bool
+    metrics = model.get_metrics_dict(out, batch)
+    for k in ("psnr", "loss_l1", "loss_lpips", "loss_chamfer", "loss_depth", "num_gaussians", "compression",
+              "num_views", "activated_fraction"):  # fmt: skip
+        assert k in metrics and torch.isfinite(torch.as_tensor(metrics[k])).all(), k
+    assert float(metrics["num_views"]) == 2 and float(metrics["num_gaussians"]) == N
+    losses = model.get_loss_dict(out, batch, metrics)
+    assert set(losses) == {"l1", "lpips", "scale_penalty", "opacity_penalty", "location_penalty", "chamfer", "depth"}
+    assert float(losses["chamfer"]) > 0 and float(losses["depth"]) > 0  # geometry terms on with depth
+    model.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    groups = model.get_param_groups()
+    for name in ("backbone", "head"):
+        grads = [p.grad for p in groups[name] if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads), name
+        assert all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_eval_forward_uses_full_resolution_and_no_compression(model):
+    model.eval()
+    inputs, batch = make_batch()
+    with torch.no_grad():
+        out = model({**inputs, "has_depth": batch["has_depth"]})
+    model.train()
+    assert out["target_render"].shape[-2:] == (S, S)
+    assert out["means"].shape[1] == 2 * 324 * 2 and float(out["compression"]) == 1.0
+
+
+def test_nonfinite_loss_skips_the_step():
+    m = make_model()
+    m.train()
+    inputs, batch = make_batch()
+    batch["image"][0, 0, 0, 0, 0] = float("nan")
+    out = m({**inputs, "has_depth": batch["has_depth"]})
+    before = m.nonfinite_skipped
+    metrics = m.get_metrics_dict(out, batch)
+    losses = m.get_loss_dict(out, batch, metrics)
+    assert list(losses) == ["nonfinite_skip"] and m.nonfinite_skipped == before + 1
+    assert float(m.get_metrics_dict(out, batch)["nonfinite_skipped"]) == before + 1  # counted once per outputs
+    m.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()  # works, but reaches no parameter ...
+    assert all(p.grad is None for p in m.parameters())
+    # ... so nerfstudio's Optimizers skip optimizer.step() for every group
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from zipsplat_ns.optim import AdamWOptimizerConfig
+
+    opt = Optimizers({g: {"optimizer": AdamWOptimizerConfig(), "scheduler": None} for g in ("backbone", "head")},
+                     m.get_param_groups())  # fmt: skip
+    w = m.net.gaussian_head.gaussian_head[1].weight.detach().clone()
+    opt.optimizer_step_all()
+    assert torch.equal(w, m.net.gaussian_head.gaussian_head[1].weight)
+    assert all(len(o.state) == 0 for o in opt.optimizers.values())
+
+
+def test_gaussian_properties_empty_then_scene(model):
+    model.clear_scene()
+    k = (model.config.sh_degree + 1) ** 2
+    assert model.means.shape == (0, 3) and model.scales.shape == (0, 3) and model.quats.shape == (0, 4)
+    assert model.opacities.shape == (0, 1) and model.features_dc.shape == (0, 3)
+    assert model.features_rest.shape == (0, k - 1, 3) and model.num_points == 0
+    inputs, _ = make_batch()
+    g = model.set_scene(inputs, compression=0.25)
+    N = g.num_gaussians
+    assert N == int(2 * 324 * 0.25) * 2
+    assert model.means.shape == (N, 3) and model.scales.shape == (N, 3) and model.quats.shape == (N, 4)
+    assert model.opacities.shape == (N, 1) and model.features_dc.shape == (N, 3)
+    assert model.features_rest.shape == (N, k - 1, 3)
+    assert torch.allclose(model.means, g.means * torch.tensor([1.0, -1.0, -1.0]))
+    assert torch.allclose(torch.exp(model.scales), g.scales, rtol=1e-5)
+    assert torch.allclose(torch.sigmoid(model.opacities[:, 0]), g.opacities, atol=1e-6)
+    # the exported rotation is the world flip applied to the Gaussian's rotation
+    F = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    assert torch.allclose(quat_to_rotmat(model.quats), F @ quat_to_rotmat(g.quats), atol=1e-5)
+    assert torch.allclose(model.colors, (g.sh[:, 0] * 0.28209479177387814 + 0.5), atol=1e-6)  # inherited .colors
+    assert not any(k.startswith("_scene") for k in model.state_dict())
+
+
+def test_viewer_render_matches_direct_render(model):
+    inputs, _ = make_batch(seed=3)
+    g = model.set_scene(inputs, compression=0.25)
+    cam = Camera(inputs["context_camera"][0, 0])
+    ident = Pose.identity()
+    ns_cam = to_nerfstudio(cam[None], ident[None], y_up_world=True)
+    assert torch.allclose(ns_cam.camera_to_worlds[0, :, :3], torch.eye(3))  # y-up world, view 0 at the origin
+    model.set_background(torch.tensor([0.2, 0.3, 0.4]))
+    out = model.get_outputs_for_camera(ns_cam)
+    assert out["rgb"].shape == (S, S, 3) and out["depth"].shape == (S, S, 1) and out["accumulation"].shape == (S, S, 1)
+    assert out["background"].shape == (S, S, 3)
+    ref = render(g, cam, ident, mode="RGB+ED", background=(0.2, 0.3, 0.4), backend="torch")
+    assert torch.allclose(out["rgb"], ref.images[:3].permute(1, 2, 0).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(out["depth"], ref.images[3:].permute(1, 2, 0), atol=1e-4)
+    assert float(out["accumulation"].max()) > 0.05  # the scene is in view
+
+
+def test_exported_gaussians_render_the_same_in_the_y_up_world(model):
+    """Render the exported (flipped) Gaussians with the same camera expressed in the y-up world: same image. This
+    checks the means flip, the quaternion product and the SH parity signs together (off-axis camera: view-dependent
+    colour matters)."""
+    inputs, _ = make_batch(seed=5)
+    g = model.set_scene(inputs, compression=0.25)
+    # give the scene strong degree-1 SH so a wrong sign would show
+    g.sh[:, 1:] = torch.randn_like(g.sh[:, 1:]) * 0.5
+    model._export_cache = None
+    cam = Camera(torch.tensor([[160.0, 120.0, 150.0, 150.0, 80.0, 60.0]]))
+    R = quat_to_rotmat(torch.nn.functional.normalize(torch.tensor([0.98, 0.05, 0.15, 0.02]), dim=0))
+    pose = Pose.from_Rt(R[None], torch.tensor([[0.3, -0.2, -0.4]]))
+    ref = render(g, cam, pose, mode="RGB", backend="torch").images
+    exp = model._export()
+    k = exp["features_rest"].shape[1] + 1
+    flipped = Gaussians(
+        exp["means"], torch.exp(exp["scales"]), exp["quats"], torch.sigmoid(exp["opacities"][:, 0]),
+        torch.cat([exp["features_dc"][:, None], exp["features_rest"]], 1)[:, :k],
+    )  # fmt: skip
+    ns_cam = to_nerfstudio(cam, pose, y_up_world=True)
+    c2w_cv_yup = opengl_to_opencv_c2w(ns_cam.camera_to_worlds, y_up_world=False)
+    pose_yup = Pose.from_Rt(c2w_cv_yup[..., :3, :3], c2w_cv_yup[..., :3, 3])
+    got = render(flipped, cam, pose_yup, mode="RGB", backend="torch").images
+    assert float(ref.abs().max()) > 0.05
+    assert torch.allclose(got, ref, atol=2e-4), float((got - ref).abs().max())
+    model.clear_scene()
+
+
+def test_quat_flip_is_rotation_by_pi_about_x():
+    q = torch.nn.functional.normalize(torch.randn(10, 4), dim=-1)
+    F = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    assert torch.allclose(quat_to_rotmat(quat_flip_x(q)), F @ quat_to_rotmat(q), atol=1e-5)
+    assert math.isclose(float(quat_flip_x(torch.tensor([1.0, 0, 0, 0]))[1]), 1.0)
+
+
+def test_state_dict_keys_and_strict_loading(model):
+    inputs, _ = make_batch()
+    model.set_scene(inputs)
+    sd = model.state_dict()
+    assert set(sd) - {"device_indicator_param"} and all(k.startswith("net.") for k in set(sd) - {"device_indicator_param"})
+    assert set(sd) == {"net." + k for k in model.net.state_dict()} | {"device_indicator_param"}
+    other = make_model()
+    other.load_state_dict(sd)  # strict, same keys
+    bad = dict(sd)
+    bad["net.extra"] = torch.zeros(1)
+    with pytest.raises(KeyError, match="unexpected"):
+        other.load_state_dict(bad, strict=False)  # refused even when nerfstudio retries non-strict
+    missing = dict(sd)
+    missing.pop("net.gaussian_head.gaussian_head.1.weight")
+    with pytest.raises(KeyError, match="missing"):
+        other.load_state_dict(missing, strict=False)
+    model.clear_scene()

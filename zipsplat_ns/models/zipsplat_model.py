@@ -1,0 +1,557 @@
+"""ZipSplat as a nerfstudio Model: a feed-forward network that predicts the Gaussians of whole scenes.
+
+:class:`ZipSplatModel` subclasses nerfstudio's ``SplatfactoModel`` only so that the viewer, ``ns-render`` and
+``ns-export gaussian-splat`` treat it as a Gaussian-splatting model (they check ``isinstance(model, SplatfactoModel)``).
+Nothing of splatfacto's ``populate_modules`` / ``load_state_dict`` / densification runs; the learnable parameters are
+those of the network (``net.*``) and nothing else: predicted Gaussians never enter the state dict.
+
+Two uses:
+
+* **training** (``get_outputs(inputs)`` through ``pipeline._model(inputs)``, so DDP syncs the gradients): the inputs
+  are the datamanager's dict of tensors (see :mod:`zipsplat_ns.datamanagers.zipsplat_datamanager`). The network
+  predicts the Gaussians of each scene from its context views (with the camera priors with probability
+  ``priors_probability``, at a compression ratio drawn from the schedule), renders the target views (supervised)
+  and, when the chamfer term needs the "activated" mask, the context views (without gradient). ``get_loss_dict``
+  returns the weighted loss terms of :func:`zipsplat_ns.losses.compute_losses` (nerfstudio sums them).
+* **viewing / export**: :meth:`ZipSplatModel.set_scene` runs the network once on one scene and caches its Gaussians;
+  ``get_outputs_for_camera`` renders them for a viewer camera, and the six splatfacto properties (``means``,
+  ``scales``, ``quats``, ``opacities``, ``features_dc``, ``features_rest``) expose them in splatfacto's
+  parametrisation (log scales, logit opacities, SH) in the y-up viewer world. Before a scene is set they are empty.
+
+World convention: the network predicts Gaussians in the OpenCV frame of context view 0 (x right, y down, z forward).
+The viewer world is that frame flipped by ``F = diag(1, -1, -1)`` (y up, the reference camera at the origin looking
+down -z), see :mod:`zipsplat_ns.ns_cameras`. Rendering always happens in the OpenCV frame (viewer cameras are
+converted with ``from_nerfstudio(camera, y_up_world=True)``); only the exported properties are flipped: means
+``F mu``, rotations ``q_F (x) q`` with ``q_F = (0, 1, 0, 0)`` (180 degrees about x), and each SH coefficient multiplied
+by the parity of its basis function under ``(x, y, z) -> (x, -y, -z)`` (degree 1: the y and z coefficients flip).
+
+Non-finite losses: a step whose total loss is NaN/Inf is skipped: ``get_loss_dict`` returns a single zero leaf
+(``requires_grad=True``, connected to no parameter), so after ``backward`` every parameter's ``.grad`` is still
+``None`` and nerfstudio's ``Optimizers`` skips ``optimizer.step()`` for every group (the LR scheduler still steps).
+The count is logged as ``nonfinite_skipped``. Under DDP (world size > 1) the loss is left as it is, so that every rank
+runs the same backward; the pipeline's gradient guard then drops the non-finite gradients on all ranks (see
+:mod:`zipsplat_ns.pipeline`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.models.splatfacto import SplatfactoModel
+
+from zipsplat_ns.camera import Camera
+from zipsplat_ns.gaussians import Gaussians
+from zipsplat_ns.losses import LOSS_NAMES, LossConfig, LossTerms, activated_mask, compute_losses
+from zipsplat_ns.ns_cameras import flip_world_points, from_nerfstudio
+from zipsplat_ns.pose import Pose
+from zipsplat_ns.rendering import RenderOutput, render
+from zipsplat_ns.schedules import sample_compression, use_priors
+
+FROZEN_PREFIXES = ("net.backbone.cam_enc.",)
+FROZEN_NAMES = ("net.backbone.backbone.camera_token",)
+BACKBONE_PREFIX = "net.backbone.backbone."
+
+
+@dataclass
+class CompressionScheduleConfig:
+    """Per-batch compression ratio in training: ``uniform(lo, r_max)`` with ``lo`` going from ``r_max`` to ``r_min``
+    (cosine) over the first ``fraction`` of training and scaled by ``(2 / V) ** view_exponent`` (reference §1.6)."""
+
+    fraction: float = 0.5
+    r_min: float = 0.5
+    r_max: float = 1.0
+    view_exponent: float = 0.5
+
+
+@dataclass
+class ZipSplatModelConfig(ModelConfig):
+    """The ZipSplat feed-forward model (network, rendering, losses, training schedules)."""
+
+    _target: Type = field(default_factory=lambda: ZipSplatModel)
+    enable_collider: bool = False
+    """Unused by a feed-forward model (nerfstudio's collider expects ray bundles)."""
+    variant: str = "giant"
+    """Network size: giant (released weights), large, base, small, or tiny (ours, for CPUs)."""
+    weights: Optional[str] = None
+    """Network weights to start from: a released name (e.g. 'zipsplat'), a local file or a URL (strict loading)."""
+    backbone_weights: Optional[str] = None
+    """Converted DA3 weights (scripts/convert_da3_weights.py) to initialise the ViT when no `weights` are given."""
+    precision: Literal["auto", "fp32", "amp-bf16"] = "auto"
+    """'amp-bf16': bf16 autocast of backbone + fusion, fp32 head and rendering; 'auto': amp-bf16 on CUDA, else fp32."""
+    grad_checkpointing: bool = False
+    """Recompute the transformer blocks in the backward pass (the 24 GB recipe)."""
+    use_xformers: Optional[bool] = None
+    """Fused SwiGLU from xformers (None: when importable)."""
+    sh_degree: int = 1
+    """SH degree of the predicted colours (read by ns-export)."""
+    gaussians_per_token: int = 32
+    """Gaussians predicted per selected token (32 in the reference; fewer makes CPU rendering affordable)."""
+    background_color: Literal["black", "white", "random"] = "black"
+    """Background of training renders (the reference trains on black). The viewer uses its own picker."""
+    renderer: Literal["auto", "gsplat", "torch"] = "auto"
+    """Rasterizer: gsplat on CUDA, the pure-torch renderer elsewhere ('auto'), or forced."""
+    render_downscale: int = 1
+    """Render and supervise the target views at 1/N of the input size in training (CPU demos; 1 = the recipe)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights and constants (reference §4.1)."""
+    total_steps: int = 450_000
+    """Training length used by the compression and view schedules (keep equal to the LR schedule's max_steps)."""
+    compression_schedule: CompressionScheduleConfig = field(default_factory=CompressionScheduleConfig)
+    """Compression-ratio schedule in training."""
+    eval_compression: float = 1.0
+    """Compression ratio outside training (eval batches, benchmarks)."""
+    priors_probability: float = 0.2
+    """Probability per training step of conditioning on the context cameras and poses."""
+    viewer_compression: float = 1.0
+    """Compression ratio of the scene shown by the viewer / exported (set_scene)."""
+    seed: int = 0
+    """Seed of the per-step compression / priors draws (offset by the rank)."""
+
+
+def _sh_parity_signs(degree: int) -> Tensor:
+    """``s_k = Y_k(x, -y, -z) / Y_k(x, y, z)`` (every real SH basis function is even or odd under that map)."""
+    from zipsplat_ns.rendering.sh import sh_basis
+
+    d = F.normalize(torch.tensor([[0.31, 0.52, 0.79]], dtype=torch.float64), dim=-1)
+    a = sh_basis(d, degree)[0]
+    b = sh_basis(d * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64), degree)[0]
+    return torch.sign(b / a).float()
+
+
+def quat_flip_x(q: Tensor) -> Tensor:
+    """``q_F (x) q`` with ``q_F = (0, 1, 0, 0)`` (wxyz, 180 degrees about x): ``(w, x, y, z) -> (-x, w, -z, y)``."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([-x, w, -z, y], -1)
+
+
+def _downscale_images(x: Tensor, factor: int) -> Tensor:
+    """Area-average ``(..., C, H, W)`` by an integer factor."""
+    if factor == 1:
+        return x
+    lead = x.shape[:-3]
+    y = F.avg_pool2d(x.reshape(-1, *x.shape[-3:]), factor)
+    return y.reshape(*lead, *y.shape[-3:])
+
+
+def _downscale_depth(d: Tensor, factor: int) -> Tensor:
+    """Mean of the valid (``>= 0``) depths per ``factor x factor`` block of ``(..., H, W)``; -1 where none is valid."""
+    if factor == 1:
+        return d
+    lead = d.shape[:-2]
+    x = d.reshape(-1, 1, *d.shape[-2:])
+    valid = (torch.isfinite(x) & (x >= 0)).to(x.dtype)
+    s = F.avg_pool2d(torch.where(valid > 0, x, torch.zeros_like(x)), factor)
+    n = F.avg_pool2d(valid, factor)
+    out = torch.where(n > 0, s / n.clamp_min(1e-12), torch.full_like(s, -1.0))
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+class ZipSplatModel(SplatfactoModel):
+    """Feed-forward ZipSplat model (see the module docstring)."""
+
+    config: ZipSplatModelConfig
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # never used in forward: frozen so that DDP(find_unused_parameters=False) works (nerfstudio adds it last)
+        self.device_indicator_param.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def populate_modules(self) -> None:
+        Model.populate_modules(self)  # NOT SplatfactoModel's (LPIPS download, .cuda(), kNN init, strategies)
+        from zipsplat_ns.models.network import ZipSplat
+
+        cfg = self.config
+        device = torch.device(self.kwargs.get("device", "cpu") or "cpu")
+        self._device_type = device.type
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "amp-bf16" if device.type == "cuda" else "fp32"
+        self.net = ZipSplat(
+            cfg.variant,
+            weights=cfg.weights,
+            backbone_weights=cfg.backbone_weights,
+            precision=precision,
+            grad_checkpointing=cfg.grad_checkpointing,
+            use_xformers=cfg.use_xformers,
+            sh_degree=cfg.sh_degree,
+            gaussians_per_token=cfg.gaussians_per_token,
+        )
+        for name, p in self.net.named_parameters():
+            full = "net." + name
+            if full.startswith(FROZEN_PREFIXES) or full in FROZEN_NAMES:
+                p.requires_grad_(False)
+        # splatfacto attributes read by inherited methods (set_crop, set_background, the viewer)
+        self.crop_box = None
+        self.background_color = self._config_background()
+        self.step = 0
+        self.seed_points = None
+        self._rng = random.Random(cfg.seed)
+        self.nonfinite_skipped = 0
+        self.distributed = False  # set by the pipeline under DDP
+        self._scene: Optional[Gaussians] = None
+        self._scene_tokens: Optional[Tensor] = None
+        self._scene_inputs: Optional[Dict[str, Tensor]] = None
+        self._export_cache: Optional[Dict[str, Tensor]] = None
+        self._sh_signs = _sh_parity_signs(cfg.sh_degree)
+
+    def _config_background(self) -> Tensor:
+        return torch.ones(3) if self.config.background_color == "white" else torch.zeros(3)
+
+    def seed_rng(self, seed: int) -> None:
+        """Reseed the per-step draws (the pipeline offsets the seed by the rank)."""
+        self._rng = random.Random(seed)
+
+    def update_to_step(self, step: int) -> None:
+        self.step = int(step)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """``nn.Module.load_state_dict``, always with the key sets checked.
+
+        nerfstudio's ``Pipeline.load_state_dict`` silently retries with ``strict=False`` on any error, so missing or
+        unexpected keys are refused here whatever ``strict`` says.
+        """
+        expected = set(nn.Module.state_dict(self).keys())
+        got = set(state_dict.keys())
+        missing, unexpected = sorted(expected - got), sorted(got - expected)
+        if missing or unexpected:
+            raise KeyError(
+                f"ZipSplatModel.load_state_dict: checkpoint does not match the model ({self.config.variant}): "
+                f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}"
+            )
+        return nn.Module.load_state_dict(self, state_dict, strict=True, assign=assign)
+
+    def get_training_callbacks(self, training_callback_attributes) -> List:
+        return []  # no densification
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        """``backbone``: the DA3 ViT (0.1x LR), ``head``: every other trainable parameter. Frozen ones are left out."""
+        groups: Dict[str, List[Parameter]] = {"backbone": [], "head": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad or not name.startswith("net."):
+                continue
+            groups["backbone" if name.startswith(BACKBONE_PREFIX) else "head"].append(p)
+        return groups
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def _backend(self, device: torch.device) -> str:
+        if self.config.renderer != "auto":
+            return self.config.renderer
+        return "gsplat" if device.type == "cuda" else "torch"
+
+    def _train_background(self, device: torch.device) -> Optional[Tensor]:
+        bg = self.config.background_color
+        if bg == "black":
+            return None
+        if bg == "white":
+            return torch.ones(3, device=device)
+        return torch.rand(3, device=device) if self.training else torch.zeros(3, device=device)
+
+    # -------------------------------------------------------------------------------------------- training
+    def get_outputs(self, inputs: Dict[str, Tensor]) -> Dict[str, Any]:  # type: ignore[override]
+        """Predict and render a batch (``inputs`` as the datamanager's ``next_train`` returns it).
+
+        Returns a dict of tensors: the Gaussians (``means``, ``scales``, ``quats``, ``opacities``, ``sh``, batched
+        ``(B, N, ...)``), the target render ``target_render (B, Vt, 4, h, w)`` (RGB + accumulated depth),
+        ``target_alpha``, the render info ``target_radii``/``target_means2d``/``target_depths``, the ``activated``
+        mask ``(B, N)`` (or none), the scaled ``target_camera`` and the scalars ``compression``, ``priors``,
+        ``render_downscale``.
+        """
+        if isinstance(inputs, Cameras):
+            return self.get_outputs_for_camera(inputs)
+        cfg = self.config
+        images = inputs["context_image"]
+        B, V = images.shape[:2]
+        if self.training:
+            cs = cfg.compression_schedule
+            compression = sample_compression(
+                self._rng, self.step, cfg.total_steps, V,
+                schedule_fraction=cs.fraction, r_min=cs.r_min, r_max=cs.r_max, view_exponent=cs.view_exponent,
+            )  # fmt: skip
+            priors = use_priors(self._rng, cfg.priors_probability)
+            ds = max(1, int(cfg.render_downscale))
+        else:
+            compression, priors, ds = float(cfg.eval_compression), False, 1
+        cams = Camera(inputs["context_camera"]) if priors else None
+        poses = Pose(inputs["context_pose"]) if priors else None
+        pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=priors, compression=compression)
+        g = pred.to_gaussians()
+
+        tcam = Camera(inputs["target_camera"])
+        if ds > 1:
+            tcam = tcam.scale(1.0 / ds)
+        tpose = Pose(inputs["target_pose"])
+        device = images.device
+        backend = self._backend(device)
+        bg = self._train_background(device)
+        trender = render(g, tcam, tpose, mode="RGB+D", background=bg, backend=backend)
+
+        activated = None
+        has_depth = inputs.get("has_depth")
+        want_mask = cfg.loss.detach_activated and cfg.loss.chamfer_weight > 0
+        if want_mask and (has_depth is None or bool(has_depth.any())):
+            with torch.no_grad():
+                ccam = Camera(inputs["context_camera"])
+                if ds > 1:
+                    ccam = ccam.scale(1.0 / ds)
+                crender = render(g.detach(), ccam, Pose(inputs["context_pose"]), mode="D", backend=backend)
+                trender_d = RenderOutput(
+                    images=trender.images[..., 3:4, :, :].detach(), alphas=trender.alphas.detach(),
+                    info={k: v.detach() for k, v in trender.info.items()}, mode="D",
+                )  # fmt: skip
+                activated = activated_mask(
+                    [crender, trender_d],
+                    near=cfg.loss.activated_near, rel_tol=cfg.loss.activated_rel_tol, abs_tol=cfg.loss.activated_abs_tol,
+                )  # fmt: skip
+
+        out: Dict[str, Any] = {
+            "means": g.means,
+            "scales": g.scales,
+            "quats": g.quats,
+            "opacities": g.opacities,
+            "sh": g.sh,
+            "token_indices": pred.token_indices,
+            "target_render": trender.images,
+            "target_alpha": trender.alphas,
+            "target_radii": trender.info["radii"],
+            "target_means2d": trender.info["means2d"],
+            "target_depths": trender.info["depths"],
+            "target_camera": tcam.data,
+            "target_pose": tpose.data,
+            "num_views": torch.tensor(float(V), device=device),
+            "compression": torch.tensor(float(compression), device=device),
+            "priors": torch.tensor(float(priors), device=device),
+            "render_downscale": torch.tensor(float(ds), device=device),
+        }
+        if activated is not None:
+            out["activated"] = activated
+        return out
+
+    @staticmethod
+    def _gaussians_of(outputs: Dict[str, Any]) -> Gaussians:
+        return Gaussians(
+            outputs["means"], outputs["scales"], outputs["quats"], outputs["opacities"], outputs["sh"], validate=False
+        )
+
+    @staticmethod
+    def _target_render_of(outputs: Dict[str, Any]) -> RenderOutput:
+        info = {"radii": outputs["target_radii"], "means2d": outputs["target_means2d"], "depths": outputs["target_depths"]}
+        return RenderOutput(images=outputs["target_render"], alphas=outputs["target_alpha"], info=info, mode="RGB+D")
+
+    def _targets(self, outputs: Dict[str, Any], batch: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        ds = int(round(float(outputs["render_downscale"])))
+        images = _downscale_images(batch["image"], ds)
+        depth = batch.get("depth")
+        if depth is not None:
+            depth = _downscale_depth(depth, ds)
+        return images, depth
+
+    def loss_terms(self, outputs: Dict[str, Any], batch: Dict[str, Tensor]) -> LossTerms:
+        """All loss terms of a batch, computed once per outputs dict (cached under ``outputs['_loss_terms']``)."""
+        cached = outputs.get("_loss_terms")
+        if cached is not None:
+            return cached
+        images, depth = self._targets(outputs, batch)
+        has_depth = batch.get("has_depth")
+        terms = compute_losses(
+            self._gaussians_of(outputs),
+            self._target_render_of(outputs),
+            images,
+            target_depths=depth if (has_depth is None or bool(has_depth.any())) else None,
+            target_cameras=Camera(outputs["target_camera"]),
+            target_poses=Pose(outputs["target_pose"]),
+            has_depth=has_depth,
+            activated=outputs.get("activated"),
+            config=self.config.loss,
+        )
+        total = terms.total
+        finite = bool(torch.isfinite(total.detach()))
+        outputs["_loss_terms"] = terms
+        outputs["_finite"] = finite
+        if not finite:
+            self.nonfinite_skipped += 1
+        return terms
+
+    def get_metrics_dict(self, outputs: Dict[str, Any], batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        from zipsplat_ns.metrics import psnr
+
+        terms = self.loss_terms(outputs, batch)
+        images, _ = self._targets(outputs, batch)
+        rgb = outputs["target_render"][..., :3, :, :].detach()
+        m: Dict[str, Any] = {"psnr": psnr(rgb, images).mean()}
+        for k in LOSS_NAMES:
+            m[f"loss_{k}"] = terms.raw[k]
+        m["activated_fraction"] = terms.raw["activated_fraction"]
+        m["geometry_fraction"] = terms.raw["geometry_fraction"]
+        B, N = outputs["means"].shape[:2]
+        m["num_gaussians"] = torch.tensor(float(N))
+        m["num_views"] = outputs["num_views"]
+        m["num_scenes"] = torch.tensor(float(B))
+        m["compression"] = outputs["compression"]
+        m["priors"] = outputs["priors"]
+        m["opacity_mean"] = outputs["opacities"].detach().mean()
+        m["scale_median"] = outputs["scales"].detach().median()
+        m["nonfinite_skipped"] = torch.tensor(float(self.nonfinite_skipped))
+        return m
+
+    def get_loss_dict(self, outputs: Dict[str, Any], batch: Dict[str, Tensor], metrics_dict=None) -> Dict[str, Tensor]:
+        terms = self.loss_terms(outputs, batch)
+        if not outputs.get("_finite", True) and not self.distributed:
+            # zero leaf connected to no parameter: every .grad stays None, so nerfstudio skips optimizer.step()
+            return {"nonfinite_skip": torch.zeros((), device=outputs["means"].device, requires_grad=True)}
+        return dict(terms.weighted)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Any], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        """PSNR / SSIM / LPIPS of every target view (means), and ``img``: GT targets above renders, ``(H, W, 3)``."""
+        from zipsplat_ns.metrics import compute_metrics
+
+        images, _ = self._targets(outputs, batch)
+        rgb = outputs["target_render"][..., :3, :, :].clamp(0, 1)
+        m = compute_metrics(rgb, images)
+        metrics = {k: float(v.float().mean()) for k, v in m.items()}
+        gt_row = torch.cat(list(images[0]), -1)
+        pr_row = torch.cat(list(rgb[0]), -1)
+        grid = torch.cat([gt_row, pr_row], -2).permute(1, 2, 0).clamp(0, 1)
+        return metrics, {"img": grid}
+
+    # ----------------------------------------------------------------------------------- viewer and export
+    @torch.no_grad()
+    def set_scene(
+        self, inputs: Dict[str, Tensor], compression: Optional[float] = None, use_priors: bool = False
+    ) -> Gaussians:
+        """Run the network on the first scene of ``inputs`` (context views; no gradient) and cache its Gaussians for
+        the viewer and the exporter. Returns the cached (unbatched, OpenCV-frame) Gaussians."""
+        c = float(self.config.viewer_compression if compression is None else compression)
+        was_training = self.training
+        self.eval()
+        try:
+            dev = self.device
+            images = inputs["context_image"][:1].to(dev)
+            cams = Camera(inputs["context_camera"][:1].to(dev)) if use_priors else None
+            poses = Pose(inputs["context_pose"][:1].to(dev)) if use_priors else None
+            pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=use_priors, compression=c)
+            g = pred.to_gaussians()[0].detach().float()
+        finally:
+            self.train(was_training)
+        self._scene = g
+        self._scene_tokens = pred.token_indices[0].detach()
+        self._scene_inputs = {k: v[:1].detach() for k, v in inputs.items() if isinstance(v, Tensor)}
+        self._scene_compression = c
+        self._export_cache = None
+        return g
+
+    def clear_scene(self) -> None:
+        self._scene = None
+        self._scene_tokens = None
+        self._scene_inputs = None
+        self._export_cache = None
+
+    @property
+    def scene(self) -> Optional[Gaussians]:
+        """The cached scene (OpenCV frame of its context view 0), or None."""
+        return self._scene
+
+    def _export(self) -> Dict[str, Tensor]:
+        if self._export_cache is not None:
+            return self._export_cache
+        g = self._scene
+        dev = self.device_indicator_param.device
+        k = (self.config.sh_degree + 1) ** 2
+        if g is None:
+            z = lambda *s: torch.zeros(*s, device=dev)  # noqa: E731
+            return {
+                "means": z(0, 3), "scales": z(0, 3), "quats": z(0, 4), "opacities": z(0, 1),
+                "features_dc": z(0, 3), "features_rest": z(0, k - 1, 3),
+            }  # fmt: skip
+        sh = g.sh[:, :k]
+        sh = sh * self._sh_signs[:k].to(sh)[None, :, None]
+        o = g.opacities.clamp(1e-7, 1 - 1e-7)
+        self._export_cache = {
+            "means": flip_world_points(g.means),
+            "scales": torch.log(g.scales.clamp_min(1e-12)),
+            "quats": quat_flip_x(F.normalize(g.quats, dim=-1)),
+            "opacities": torch.log(o / (1 - o))[:, None],
+            "features_dc": sh[:, 0, :],
+            "features_rest": sh[:, 1:, :],
+        }
+        return self._export_cache
+
+    # splatfacto's parametrisation of the selected scene, in the y-up viewer world (empty before set_scene)
+    @property
+    def means(self) -> Tensor:  # type: ignore[override]
+        return self._export()["means"]
+
+    @property
+    def scales(self) -> Tensor:  # type: ignore[override]
+        return self._export()["scales"]
+
+    @property
+    def quats(self) -> Tensor:  # type: ignore[override]
+        return self._export()["quats"]
+
+    @property
+    def opacities(self) -> Tensor:  # type: ignore[override]
+        return self._export()["opacities"]
+
+    @property
+    def features_dc(self) -> Tensor:  # type: ignore[override]
+        return self._export()["features_dc"]
+
+    @property
+    def features_rest(self) -> Tensor:  # type: ignore[override]
+        return self._export()["features_rest"]
+
+    def _viewer_background(self, device: torch.device) -> Tensor:
+        from nerfstudio.model_components import renderers
+
+        override = renderers.BACKGROUND_COLOR_OVERRIDE
+        bg = override if override is not None else self.background_color
+        return torch.as_tensor(bg, dtype=torch.float32).to(device)
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:  # type: ignore[override]
+        """Render the cached scene for one nerfstudio camera (y-up viewer world): ``rgb (H, W, 3)``, ``depth
+        (H, W, 1)`` (expected z-depth), ``accumulation (H, W, 1)``, ``background (H, W, 3)``."""
+        dev = self.device
+        cam = camera.to(dev) if camera.camera_to_worlds.device != dev else camera
+        if cam.shape != (1,):
+            cam = cam.reshape((-1,))[:1]
+        H, W = int(cam.height.flatten()[0]), int(cam.width.flatten()[0])
+        bg = self._viewer_background(dev)
+        g = self._scene
+        if g is None:
+            return {
+                "rgb": bg.expand(H, W, 3).clone(),
+                "depth": torch.full((H, W, 1), 10.0, device=dev),
+                "accumulation": torch.zeros(H, W, 1, device=dev),
+                "background": bg.expand(H, W, 3).clone(),
+            }
+        if obb_box is not None:
+            keep = obb_box.within(flip_world_points(g.means))
+            g = g.subset(keep)
+        ours, pose = from_nerfstudio(cam, y_up_world=True, ignore_distortion=True)
+        r = render(g.to(dev), ours.to(dev), pose.to(dev), mode="RGB+ED", background=bg, backend=self._backend(dev))
+        img = r.images[0]  # (4, H, W)
+        return {
+            "rgb": img[:3].permute(1, 2, 0).clamp(0, 1),
+            "depth": img[3:4].permute(1, 2, 0),
+            "accumulation": r.alphas[0].permute(1, 2, 0),
+            "background": bg.expand(H, W, 3).clone(),
+        }
+
+
+__all__ = ["ZipSplatModel", "ZipSplatModelConfig", "CompressionScheduleConfig", "quat_flip_x"]
