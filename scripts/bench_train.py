@@ -136,6 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--time-budget-s", type=float, default=420.0, help="skip remaining configurations after this")
+    ap.add_argument("--lpips-weights", choices=["auto", "random"], default="auto",
+                    help="'random': LPIPS-VGG with random VGG16 weights (same compute, for machines without the "
+                         "ImageNet weights; timings are unaffected, loss values are not meaningful)")  # fmt: skip
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_train.py needs a CUDA GPU", file=sys.stderr)
@@ -157,6 +160,14 @@ def main(argv=None) -> int:
                   torch.full((4,), 0.5, device=device), torch.zeros(4, 4, 3, device=device))  # fmt: skip
     render(g, Camera(torch.tensor([[32.0, 32, 30, 30, 16, 16]], device=device)), Pose.identity((1,), device=device),
            backend="gsplat")  # fmt: skip
+    if args.lpips_weights == "random":
+        import torchvision
+
+        from zipsplat_ns import lpips as lpips_mod
+
+        feats = {f"features.{k}": v for k, v in torchvision.models.vgg16(weights=None).features.state_dict().items()}
+        lins, _ = lpips_mod.resolve_lpips_vgg_lin()
+        lpips_mod._CACHE[str(torch.device("cuda", torch.cuda.current_device()))] = lpips_mod.LPIPSVGG(feats, lins).to(device)
     get_lpips_vgg(device)
     setup_s = time.perf_counter() - t0
 
@@ -191,6 +202,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "setup_s_gsplat_build_and_lpips": setup_s,
+        "lpips_weights": args.lpips_weights,
         "reference_anchor": REFERENCE,
         "targets": TARGETS,
         "results": results,

@@ -47,7 +47,7 @@ sees at their centre.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +86,8 @@ class LossConfig:
     """Means are clamped to +-this before the chamfer distance."""
     chamfer_out_of_range_weight: float = 0.1
     """Weight of ``mean(sqrt(relu(|mu| - max_coord + 1e-6) + 1e-8))`` inside the chamfer term."""
-    chamfer_chunk_elements: int = 1 << 24
-    """Distance-matrix elements per chunk of the nearest-neighbour search (memory bound: 4 bytes each)."""
+    chamfer_chunk_elements: Optional[int] = None
+    """Distance-matrix elements per chunk of the cdist nearest-neighbour search (None: 2^24 on CPU, 2^27 on CUDA)."""
 
     detach_activated: bool = True
     """Detach the means of activated Gaussians in the chamfer term."""
@@ -225,14 +225,52 @@ def gt_points_from_depth(
 
 
 @torch.no_grad()
-def nearest_indices(src: Tensor, tgt: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
-    """Index of the nearest ``tgt`` point for each ``src`` point: ``(B, N, 3), (B, M, 3) -> (B, N)``; exact, chunked."""
+def _pairwise_min(s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+    """``min_m ||s_n - t_m||^2`` and its argmin for ``(n, 3), (m, 3)``. Written element-wise so that ``torch.compile``
+    turns it into one fused reduction kernel that never materialises the ``n x m`` distance matrix."""
+    d = (s[:, None, :] - t[None, :, :]).square().sum(-1)
+    return d.min(1)
+
+
+_compiled_pairwise_min = None
+
+
+def _fused_pairwise_min():
+    """The compiled kernel (CUDA only), or ``None`` where ``torch.compile`` is unavailable or fails."""
+    global _compiled_pairwise_min
+    if _compiled_pairwise_min is None:
+        try:
+            _compiled_pairwise_min = torch.compile(_pairwise_min, dynamic=True)
+        except Exception:  # noqa: BLE001 - no compiler: fall back to the chunked cdist path
+            _compiled_pairwise_min = False
+    return _compiled_pairwise_min or None
+
+
+def nearest_indices(src: Tensor, tgt: Tensor, chunk_elements: Optional[int] = None) -> Tensor:
+    """Index of the nearest ``tgt`` point for each ``src`` point: ``(B, N, 3), (B, M, 3) -> (B, N)``; exact, chunked.
+
+    On CUDA a fused compiled reduction is used (source points in blocks of 8192 against all targets); elsewhere, or if
+    compilation fails, ``torch.cdist`` in chunks of about ``chunk_elements`` distances (default 2^24 on CPU, 2^27 on
+    CUDA). Both return the exact nearest point (ties may resolve to a different index at equal distance).
+    """
     B, N, _ = src.shape
     M = tgt.shape[1]
-    tchunk = min(M, max(1, chunk_elements))
-    schunk = max(1, chunk_elements // tchunk)
     out = torch.empty(B, N, dtype=torch.long, device=src.device)
     s_all, t_all = src.detach().float(), tgt.detach().float()
+    fused = _fused_pairwise_min() if src.is_cuda else None
+    if fused is not None:
+        try:
+            for b in range(B):
+                for s0 in range(0, N, 8192):
+                    out[b, s0 : s0 + 8192] = fused(s_all[b, s0 : s0 + 8192], t_all[b])[1]
+            return out
+        except Exception:  # noqa: BLE001 - compilation failed at first use: use cdist from now on
+            global _compiled_pairwise_min
+            _compiled_pairwise_min = False
+    if chunk_elements is None:
+        chunk_elements = 1 << (27 if src.is_cuda else 24)
+    tchunk = min(M, max(1, chunk_elements))
+    schunk = max(1, chunk_elements // tchunk)
     for b in range(B):
         for s0 in range(0, N, schunk):
             s = s_all[b, s0 : s0 + schunk]
@@ -248,7 +286,7 @@ def nearest_indices(src: Tensor, tgt: Tensor, chunk_elements: int = 1 << 24) -> 
     return out
 
 
-def one_sided_chamfer(src: Tensor, tgt: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
+def one_sided_chamfer(src: Tensor, tgt: Tensor, chunk_elements: Optional[int] = None) -> Tensor:
     """``mean_n min_m ||src_n - tgt_m||^2`` per batch item; ``(B, N, 3), (B, M, 3) -> (B,)``; gradient w.r.t. src."""
     idx = nearest_indices(src, tgt, chunk_elements)
     nn_pts = torch.gather(tgt, 1, idx[..., None].expand(-1, -1, 3)).to(src.dtype)
