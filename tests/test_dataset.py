@@ -517,3 +517,37 @@ def test_fast_scale_helpers_match_the_plain_formulas():
     for n in (1, 2, 7, 10):
         x = rng.uniform(0, 4, n)
         assert _median_sqrt(x) == float(np.median(np.sqrt(x)))
+
+
+# --------------------------------------------------------------- synthetic + converted real shards (issue acceptance)
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="../shared/data is absent (real nerfstudio scenes)")
+def test_synthetic_and_converted_real_shards_stream_together(tmp_path):
+    """Generator output + `convert nerfstudio` output, mixed 50/50, two DataLoader workers, at the real 252 px."""
+    from zipsplat_ns.data.converters import convert
+    from zipsplat_ns.data.synth import synth_main
+
+    synth_main(tmp_path / "synth", num_scenes=3, views=12, size=64, seed=5, test_fraction=0.0, progress=False)
+    convert("nerfstudio", SHARED / "data" / "scenes" / "strecha-castle-p19", tmp_path / "real", max_size=96,
+            progress=False)  # fmt: skip
+    specs = [DatasetSpec(tmp_path / "synth" / "train-scenes", 0.5, name="synth"),
+             DatasetSpec(tmp_path / "real", 0.5, name="real")]  # fmt: skip
+    st = ShardStream(specs, image_size=252, image_budget=6, min_views=2, max_views=3, num_target_views=2, seed=1)
+    seen = set()
+    for n, batch in enumerate(DataLoader(st, batch_size=None, num_workers=2)):
+        B, V = batch["context"]["image"].shape[:2]
+        assert batch["context"]["image"].shape == (B, V, 3, 252, 252) and batch["context"]["image"].dtype == torch.float32
+        assert batch["target"]["pose"].shape == (B, 2, 12) and batch["context"]["depth"].shape == (B, V, 252, 252)
+        for i, name in enumerate(batch["dataset"]):
+            seen.add(name)
+            if name == "synth":  # exact depth: the normalised median context distance is 1
+                assert batch["scale_source"][i] == "depth" and bool(batch["has_depth"][i])
+                assert abs(median_point_distance(batch, i) - 1.0) < 1e-3
+            else:  # the real scene has no depth in its shard: camera-baseline scale, geometry losses off
+                assert batch["scale_source"][i] == "baseline" and not bool(batch["has_depth"][i])
+                assert (batch["context"]["depth"][i] == -1).all()
+        if seen == {"synth", "real"} and n >= 3:
+            break
+    assert seen == {"synth", "real"}
