@@ -248,7 +248,7 @@ class ShardDirectory:
                 if len(data) != size:
                     raise SceneError(key, f"truncated or corrupt tar (member {key}.{rest} is cut short)", shard.name)
                 members[rest] = data
-        return _shards._assemble(key, members, shard.name)
+        return _shards.assemble_scene(key, members, shard.name)
 
 
 # --------------------------------------------------------------------------------------------- per-scene work
@@ -300,20 +300,7 @@ def unproject_norms(depth: np.ndarray, camera: np.ndarray, pose44: np.ndarray) -
     With ``x = d * r``, ``r = ((u - cx) / fx, (v - cy) / fy, 1)`` and ``p = R x + t``:
     ``||p||^2 = d^2 ||r||^2 + 2 d (r . R^T t) + ||t||^2`` (R is orthonormal), evaluated on the pixel grid.
     """
-    valid = depth >= 0
-    if not valid.any():
-        return np.zeros(0)
-    h, w = depth.shape
-    _, _, fx, fy, cx, cy = np.asarray(camera, dtype=np.float64)
-    R, t = pose44[:3, :3], pose44[:3, 3]
-    q = R.T @ t
-    rx = (np.arange(w) - cx) / fx
-    ry = (np.arange(h) - cy) / fy
-    d = depth.astype(np.float64)
-    r2 = (rx * rx)[None, :] + (ry * ry)[:, None] + 1.0
-    rq = (rx * q[0])[None, :] + (ry * q[1])[:, None] + q[2]
-    n2 = d * d * r2 + 2.0 * d * rq + float(t @ t)
-    return np.sqrt(np.maximum(n2[valid], 0.0))
+    return np.sqrt(np.maximum(_unproject_sq_norms(depth, camera, pose44), 0.0))
 
 
 def _unproject_sq_norms(depth: np.ndarray, camera: np.ndarray, pose44: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 
 from zipsplat_ns.data.depth_codec import encode_depth
 from zipsplat_ns.data.scene import RawScene, SceneError
+from zipsplat_ns.data.shards import assemble_scene
 
 __all__ = [
     "DA3_MODEL",
@@ -469,12 +470,6 @@ def _new_info(name: str, size: int, like: Optional[tarfile.TarInfo] = None) -> t
     return info
 
 
-def _assemble_scene(key: str, members: Dict[str, bytes], shard: str) -> RawScene:
-    from zipsplat_ns.data.shards import _assemble
-
-    return _assemble(key, members, shard)
-
-
 SceneDepthFn = Callable[[RawScene], Tuple[List[np.ndarray], str, Dict[str, Any]]]
 
 
@@ -505,7 +500,7 @@ def _process_group(key: str, members: List[Tuple[tarfile.TarInfo, bytes]], shard
     plain = {info.name[len(prefix):]: data for info, data in keep}
     plain["meta.json"] = json.dumps(clean_meta).encode()
     try:
-        scene = _assemble_scene(key, plain, shard)
+        scene = assemble_scene(key, plain, shard)
         maps, source, extra = depth_fn(scene)
         if len(maps) != scene.num_views:
             raise _Skip(f"got {len(maps)} depth maps for {scene.num_views} views")

@@ -201,7 +201,9 @@ def read_index(shard_dir: PathLike) -> Dict[str, str]:
     return index
 
 
-def _assemble(key: str, members: Dict[str, bytes], shard: str) -> RawScene:
+def assemble_scene(key: str, members: Dict[str, bytes], shard: str) -> RawScene:
+    """Build and validate a scene from its tar members (``{member suffix: bytes}``); raises :class:`SceneError`."""
+
     def need(name: str) -> bytes:
         if name not in members:
             raise SceneError(key, f"missing member {key}.{name}", shard)
@@ -270,7 +272,7 @@ def iter_scenes(
         if keys is not None and key not in keys:
             return None
         try:
-            return _assemble(key, members, name)
+            return assemble_scene(key, members, name)
         except SceneError as err:
             if errors == "raise":
                 raise
