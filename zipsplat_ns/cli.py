@@ -7,6 +7,7 @@
     zipsplat-ns convert FORMAT SRC DST      nerfstudio | colmap | media | re10k | dl3dv | mipnerf360 -> shards
     zipsplat-ns download DATASET            re10k | dl3dv | mipnerf360 sources
     zipsplat-ns depth SHARD_DIR             fill depth from SfM points or Depth-Anything-3
+    zipsplat-ns eval --benchmark re10k      benchmark evaluation (index files, pose refinement, metrics)
 """
 
 from __future__ import annotations
@@ -171,6 +172,12 @@ def _download_command():
     )
 
 
+def _eval_command():
+    from zipsplat_ns.eval.runner import EvalCommand
+
+    return EvalCommand
+
+
 def build_command_type():
     """The top-level union of subcommands (built lazily: the data modules import cv2, PIL, ...)."""
     from zipsplat_ns.data.depth import DepthConfig
@@ -181,6 +188,7 @@ def build_command_type():
         Annotated[_convert_command(), tyro.conf.subcommand("convert")],
         Annotated[_download_command(), tyro.conf.subcommand("download")],
         Annotated[DepthConfig, tyro.conf.subcommand("depth")],
+        Annotated[_eval_command(), tyro.conf.subcommand("eval")],
     ]
 
 

@@ -51,11 +51,40 @@ from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 
 from zipsplat_ns.datamanagers.zipsplat_datamanager import ZipSplatDataManagerConfig
+from zipsplat_ns.eval.runner import run_benchmark_for_pipeline
 from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
 from zipsplat_ns.schedules import max_views
 
 logger = logging.getLogger(__name__)
 METRICS_FILENAME = "zipsplat_metrics.jsonl"
+
+
+@dataclass
+class BenchmarkEvalConfig:
+    """The benchmark that ``ns-eval --load-config RUN/config.yml`` runs (reference §6 protocol).
+
+    Set at training time (``--pipeline.benchmark.name re10k``) or by editing ``config.yml``. With a name, the pipeline
+    points the datamanager's ``eval_index_file`` at the benchmark's shipped index file and its test shards at
+    ``shard_dir`` (when ``ns-eval`` / ``ns-viewer`` load the run); without one, ``ns-eval`` uses the datamanager's own
+    ``eval_index_file``, else a few test-stream batches at GT poses.
+    """
+
+    name: Optional[str] = None
+    """re10k (6 views) | dl3dv (6/12/24) | mipnerf360 (32/64/128) | custom (eval_index_file + data) | None."""
+    views: Optional[int] = None
+    """Context views (selects the index file; default: the benchmark's smallest count)."""
+    shard_dir: Optional[Path] = None
+    """Test shards of the benchmark (default: the benchmark's data/<name>/... directory)."""
+    align_poses: bool = True
+    """Refine the target poses photometrically before measuring (the protocol's default)."""
+    preset: Literal["default", "fast", "very_fast"] = "default"
+    """Pose-refinement preset: default (200 steps, lr 5e-3, LPIPS 0.05), fast, very_fast."""
+    refine_steps: Optional[int] = None
+    """Override the preset's maximum number of refinement steps."""
+    use_priors: bool = False
+    """Condition the network on the context cameras and poses."""
+    max_scenes_in_training: Optional[int] = 16
+    """Cap on benchmark scenes when the trainer runs the all-images evaluation (None = all; ns-eval: always all)."""
 
 
 @dataclass
@@ -75,8 +104,8 @@ class ZipSplatPipelineConfig(VanillaPipelineConfig):
     """Append every step's loss and metrics to <run dir>/zipsplat_metrics.jsonl (rank 0)."""
     eval_fallback_batches: int = 8
     """Without an eval index file, the all-images evaluation averages this many batches of the test stream."""
-    eval_all_max_scenes_in_training: Optional[int] = 16
-    """Cap on benchmark scenes when the trainer runs the all-images evaluation (None = all; ns-eval: always all)."""
+    benchmark: BenchmarkEvalConfig = field(default_factory=BenchmarkEvalConfig)
+    """The benchmark of ns-eval (index file, view count, pose alignment, priors)."""
     eval_rank0_only: bool = True
     """Under DDP, run the evaluation iterations on rank 0 only (the others return empty results)."""
 
@@ -120,6 +149,8 @@ class ZipSplatPipeline(VanillaPipeline):
             from zipsplat_ns.default_data import ensure_default_data
 
             dm_cfg.data = ensure_default_data(progress=self.local_rank == 0)
+        if test_mode == "test" and config.benchmark.name is not None:
+            self._apply_benchmark(dm_cfg)
         self.datamanager = dm_cfg.setup(device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
         self.datamanager.to(device)  # v1.1.5: the DataManager is an nn.Module
         train_ds = self.datamanager.train_dataset
@@ -154,6 +185,27 @@ class ZipSplatPipeline(VanillaPipeline):
         self._train_calls = 0
         self.nonfinite_grad_skipped = 0
         self._metrics_path: Optional[Path] = None
+
+    def _apply_benchmark(self, dm_cfg: DataManagerConfig) -> None:
+        """Point the datamanager at the configured benchmark's index file and test shards (ns-eval / ns-viewer)."""
+        from zipsplat_ns.eval.benchmarks import CUSTOM, resolve_benchmark
+
+        b = self.config.benchmark
+        if b.name == CUSTOM:
+            if getattr(dm_cfg, "eval_index_file", None) is None:
+                raise ValueError("benchmark 'custom' needs --pipeline.datamanager.eval-index-file")
+            if b.shard_dir is not None:
+                dm_cfg.data, dm_cfg.datasets = Path(b.shard_dir), ()
+            return
+        res = resolve_benchmark(b.name, b.views, shard_dir=b.shard_dir)
+        if not res.shard_dir.is_dir():
+            raise FileNotFoundError(
+                f"benchmark {res.tag}: test shards not found at {res.shard_dir}; convert them first (README: "
+                f"'zipsplat-ns download {res.name}' then 'zipsplat-ns convert {res.name} ...') or set "
+                "pipeline.benchmark.shard_dir in config.yml"
+            )
+        dm_cfg.eval_index_file = res.index_file
+        dm_cfg.data, dm_cfg.datasets = res.shard_dir, ()
 
     # ----------------------------------------------------------------------------------------------- utils
     def _global_rank(self) -> int:
@@ -258,51 +310,56 @@ class ZipSplatPipeline(VanillaPipeline):
         metrics["num_gaussians"] = float(outputs["means"].shape[1])
         return metrics, images
 
-    def _eval_items(self, max_scenes: Optional[int]):
-        dm = self.datamanager
-        if getattr(dm.config, "eval_index_file", None) is not None:
-            for n, item in enumerate(dm.benchmark_items()):
-                if max_scenes is not None and n >= max_scenes:
-                    break
-                yield item
-            return
-        logger.warning("no --pipeline.datamanager.eval-index-file: evaluating %d test-stream batches", self.config.eval_fallback_batches)
-        for i in range(self.config.eval_fallback_batches):
-            inputs, batch = dm.next_eval(i)
-            scenes = dm.last_batch_info.get("scene") or [f"batch{i}"]
-            yield ",".join(scenes), inputs, batch
-
     @torch.no_grad()
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
     ) -> Dict[str, float]:
-        """PSNR / SSIM / LPIPS of the target views at their GT poses, averaged per scene then over scenes.
+        """The benchmark (``ns-eval``; the trainer's all-images evaluation when ``step`` is given).
 
-        Scenes come from ``datamanager.benchmark_items()`` (the eval index file), else from a few batches of the test
-        stream. During training (``step`` given) at most ``eval_all_max_scenes_in_training`` scenes are used.
-        With ``output_path`` the renders and GT images are written there as PNGs.
+        With an eval index file (``pipeline.benchmark`` or ``datamanager.eval_index_file``) this is the reference
+        protocol of :func:`zipsplat_ns.eval.runner.run_benchmark_for_pipeline`: compression 1.0, fp32, target poses
+        refined per ``pipeline.benchmark``, per-scene means then means (and population stds) over scenes, plus
+        ``num_scenes``, ``num_missing`` and ``num_skipped``. ``output_path`` (``ns-eval --render-output-path``) is a
+        folder for the per-scene tables, the resume log and the renders. During training at most
+        ``benchmark.max_scenes_in_training`` scenes are used. Without an index file: a few test-stream batches,
+        rendered at their GT poses.
         """
-        from zipsplat_ns.metrics import compute_metrics
-
         if self._skip_eval():
             return {}
-        max_scenes = self.config.eval_all_max_scenes_in_training if step is not None else None
+        b = self.config.benchmark
+        if getattr(self.datamanager.config, "eval_index_file", None) is not None:
+            from zipsplat_ns.eval.pose_refine import preset
+
+            out = run_benchmark_for_pipeline(
+                self, output_path, views=b.views, align_poses=b.align_poses, refine=preset(b.preset, num_steps=b.refine_steps),
+                use_priors=b.use_priors, max_scenes=b.max_scenes_in_training if step is not None else None,
+                save_renders=output_path is not None, progress=step is None, benchmark_name=b.name or "custom",
+            )  # fmt: skip
+            if not get_std:
+                out = {k: v for k, v in out.items() if not k.endswith("_std")}
+            return out
+        return self._stream_eval(output_path, get_std)
+
+    def _stream_eval(self, output_path: Optional[Path], get_std: bool) -> Dict[str, float]:
+        from zipsplat_ns.metrics import compute_metrics
+
+        dm = self.datamanager
+        n = self.config.eval_fallback_batches
+        logger.warning("no eval index file: evaluating %d test-stream batches at their GT poses", n)
         per_scene: Dict[str, Dict[str, float]] = {}
-        views = 0
-        t0 = time.perf_counter()
         self.eval()
         try:
-            for scene, inputs, batch in self._eval_items(max_scenes):
+            for i in range(n):
+                inputs, batch = dm.next_eval(i)
+                scene = ",".join(dm.last_batch_info.get("scene") or [f"batch{i}"])
                 outputs = self.model({**inputs, "has_depth": batch["has_depth"]})
                 rgb = outputs["target_render"][:, :, :3].clamp(0, 1)
                 m = compute_metrics(rgb, batch["image"])
                 per_scene[scene] = {k: float(v.float().mean()) for k, v in m.items()}
-                views += int(rgb.shape[0] * rgb.shape[1])
                 if output_path is not None:
                     self._save_renders(Path(output_path), scene, rgb, batch["image"])
         finally:
             self.train()
-        elapsed = time.perf_counter() - t0
         out: Dict[str, float] = {}
         if per_scene:
             for k in next(iter(per_scene.values())):
@@ -311,10 +368,7 @@ class ZipSplatPipeline(VanillaPipeline):
                 if get_std:
                     out[f"{k}_std"] = float(vals.std(unbiased=False))
         out["num_scenes"] = float(len(per_scene))
-        out["num_views"] = float(views)
-        out["fps"] = float(views / elapsed) if elapsed > 0 else 0.0
-        out["num_missing_scenes"] = float(len(getattr(self.datamanager, "benchmark_missing", []) or []))
-        out["num_skipped_scenes"] = float(sum(self.datamanager.skip_counts.values()))
+        out["num_skipped"] = float(sum(dm.skip_counts.values()))
         return out
 
     @staticmethod
@@ -421,4 +475,4 @@ class ZipSplatPipeline(VanillaPipeline):
             self.select_scene()
 
 
-__all__ = ["ZipSplatPipeline", "ZipSplatPipelineConfig", "METRICS_FILENAME"]
+__all__ = ["BenchmarkEvalConfig", "ZipSplatPipeline", "ZipSplatPipelineConfig", "METRICS_FILENAME"]
