@@ -18,7 +18,6 @@ from zipsplat_ns.models.zipsplat_model import (  # noqa: E402
     CompressionScheduleConfig,
     ZipSplatModel,
     ZipSplatModelConfig,
-    quat_flip_x,
 )
 from zipsplat_ns.ns_cameras import opengl_to_opencv_c2w, to_nerfstudio  # noqa: E402
 from zipsplat_ns.pose import Pose, quat_to_rotmat  # noqa: E402
@@ -221,11 +220,20 @@ def test_exported_gaussians_render_the_same_in_the_y_up_world(model):
     model.clear_scene()
 
 
-def test_quat_flip_is_rotation_by_pi_about_x():
-    q = torch.nn.functional.normalize(torch.randn(10, 4), dim=-1)
+def test_flip_yz_is_rotation_by_pi_about_x_and_an_involution():
+    n = 10
+    g = Gaussians(torch.randn(n, 3), torch.rand(n, 3) + 0.1, torch.nn.functional.normalize(torch.randn(n, 4), dim=-1),
+                  torch.rand(n), torch.randn(n, 4, 3))  # fmt: skip
+    f = g.flip_yz()
     F = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
-    assert torch.allclose(quat_to_rotmat(quat_flip_x(q)), F @ quat_to_rotmat(q), atol=1e-5)
-    assert math.isclose(float(quat_flip_x(torch.tensor([1.0, 0, 0, 0]))[1]), 1.0)
+    assert torch.allclose(f.means, g.means @ F, atol=0)
+    assert torch.allclose(quat_to_rotmat(f.quats), F @ quat_to_rotmat(g.quats), atol=1e-5)
+    # degree-1 real SH basis is (y, z, x) up to a constant: the y and z coefficients flip, DC and x stay
+    assert torch.equal(f.sh[:, 0], g.sh[:, 0]) and torch.equal(f.sh[:, 3], g.sh[:, 3])
+    assert torch.equal(f.sh[:, 1:3], -g.sh[:, 1:3])
+    back = f.flip_yz()
+    assert torch.allclose(back.means, g.means) and torch.allclose(back.sh, g.sh)
+    assert torch.allclose(quat_to_rotmat(back.quats), quat_to_rotmat(g.quats), atol=1e-5)
 
 
 def test_state_dict_keys_and_strict_loading(model):

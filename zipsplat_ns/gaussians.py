@@ -205,6 +205,19 @@ class Gaussians:
         """Uniformly rescale the scene: means and scales multiply by ``factor``."""
         return Gaussians(self.means * factor, self.scales * factor, self.quats, self.opacities, self.sh)
 
+    def flip_yz(self) -> "Gaussians":
+        """The scene rotated by 180 degrees about x, ``(x, y, z) -> (x, -y, -z)`` (an involution).
+
+        Maps our OpenCV reference frame (y down, z forward) to the y-up world of nerfstudio's viewer and exporter and
+        back: means ``F mu``, rotations ``q_F (x) q`` with ``q_F = (0, 1, 0, 0)`` (wxyz), and each SH coefficient times
+        the parity of its basis function under the map (degree 1: the y and z coefficients change sign).
+        """
+        f = torch.tensor([1.0, -1.0, -1.0], dtype=self.dtype, device=self.device)
+        w, x, y, z = self.quats.unbind(-1)
+        quats = torch.stack([-x, w, -z, y], -1)
+        signs = sh_flip_yz_signs(self.sh_degree).to(self.sh)
+        return Gaussians(self.means * f, self.scales, quats, self.opacities, self.sh * signs[:, None], validate=False)
+
     def color_by_group(self, group_size: int, *, seed: int = 0, cmap: str = "tab20") -> "Gaussians":
         """Give each consecutive group of ``group_size`` Gaussians one colour (e.g. 32 = one network token).
 
@@ -258,6 +271,17 @@ class Gaussians:
         from zipsplat_ns.ply import load_ply
 
         return load_ply(path)
+
+
+def sh_flip_yz_signs(degree: int) -> Tensor:
+    """``s_k = Y_k(x, -y, -z) / Y_k(x, y, z)`` for the real SH basis up to ``degree`` (each is +1 or -1: every basis
+    function is even or odd under that rotation)."""
+    from zipsplat_ns.rendering.sh import sh_basis
+
+    d = torch.nn.functional.normalize(torch.tensor([[0.31, 0.52, 0.79]], dtype=torch.float64), dim=-1)
+    a = sh_basis(d, degree)[0]
+    b = sh_basis(d * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64), degree)[0]
+    return torch.sign(b / a).float()
 
 
 def _palette(name: str) -> Tensor:

@@ -21,9 +21,8 @@ Two uses:
 World convention: the network predicts Gaussians in the OpenCV frame of context view 0 (x right, y down, z forward).
 The viewer world is that frame flipped by ``F = diag(1, -1, -1)`` (y up, the reference camera at the origin looking
 down -z), see :mod:`zipsplat_ns.ns_cameras`. Rendering always happens in the OpenCV frame (viewer cameras are
-converted with ``from_nerfstudio(camera, y_up_world=True)``); only the exported properties are flipped: means
-``F mu``, rotations ``q_F (x) q`` with ``q_F = (0, 1, 0, 0)`` (180 degrees about x), and each SH coefficient multiplied
-by the parity of its basis function under ``(x, y, z) -> (x, -y, -z)`` (degree 1: the y and z coefficients flip).
+converted with ``from_nerfstudio(camera, y_up_world=True)``); only the exported properties are flipped, by
+:meth:`zipsplat_ns.gaussians.Gaussians.flip_yz`.
 
 Non-finite losses: a step whose total loss is NaN/Inf is skipped: ``get_loss_dict`` returns a single zero leaf
 (``requires_grad=True``, connected to no parameter), so after ``backward`` every parameter's ``.grad`` is still
@@ -118,22 +117,6 @@ class ZipSplatModelConfig(ModelConfig):
     """Seed of the per-step compression / priors draws (offset by the rank)."""
 
 
-def _sh_parity_signs(degree: int) -> Tensor:
-    """``s_k = Y_k(x, -y, -z) / Y_k(x, y, z)`` (every real SH basis function is even or odd under that map)."""
-    from zipsplat_ns.rendering.sh import sh_basis
-
-    d = F.normalize(torch.tensor([[0.31, 0.52, 0.79]], dtype=torch.float64), dim=-1)
-    a = sh_basis(d, degree)[0]
-    b = sh_basis(d * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64), degree)[0]
-    return torch.sign(b / a).float()
-
-
-def quat_flip_x(q: Tensor) -> Tensor:
-    """``q_F (x) q`` with ``q_F = (0, 1, 0, 0)`` (wxyz, 180 degrees about x): ``(w, x, y, z) -> (-x, w, -z, y)``."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([-x, w, -z, y], -1)
-
-
 def _downscale_images(x: Tensor, factor: int) -> Tensor:
     """Area-average ``(..., C, H, W)`` by an integer factor."""
     if factor == 1:
@@ -203,7 +186,6 @@ class ZipSplatModel(SplatfactoModel):
         self._scene_tokens: Optional[Tensor] = None
         self._scene_inputs: Optional[Dict[str, Tensor]] = None
         self._export_cache: Optional[Dict[str, Tensor]] = None
-        self._sh_signs = _sh_parity_signs(cfg.sh_degree)
 
     def _config_background(self) -> Tensor:
         return torch.ones(3) if self.config.background_color == "white" else torch.zeros(3)
@@ -477,13 +459,13 @@ class ZipSplatModel(SplatfactoModel):
                 "means": z(0, 3), "scales": z(0, 3), "quats": z(0, 4), "opacities": z(0, 1),
                 "features_dc": z(0, 3), "features_rest": z(0, k - 1, 3),
             }  # fmt: skip
-        sh = g.sh[:, :k]
-        sh = sh * self._sh_signs[:k].to(sh)[None, :, None]
-        o = g.opacities.clamp(1e-7, 1 - 1e-7)
+        f = g.flip_yz()
+        sh = f.sh[:, :k]
+        o = f.opacities.clamp(1e-7, 1 - 1e-7)
         self._export_cache = {
-            "means": flip_world_points(g.means),
-            "scales": torch.log(g.scales.clamp_min(1e-12)),
-            "quats": quat_flip_x(F.normalize(g.quats, dim=-1)),
+            "means": f.means,
+            "scales": torch.log(f.scales.clamp_min(1e-12)),
+            "quats": F.normalize(f.quats, dim=-1),
             "opacities": torch.log(o / (1 - o))[:, None],
             "features_dc": sh[:, 0, :],
             "features_rest": sh[:, 1:, :],
@@ -554,4 +536,4 @@ class ZipSplatModel(SplatfactoModel):
         }
 
 
-__all__ = ["ZipSplatModel", "ZipSplatModelConfig", "CompressionScheduleConfig", "quat_flip_x"]
+__all__ = ["ZipSplatModel", "ZipSplatModelConfig", "CompressionScheduleConfig"]
