@@ -43,7 +43,7 @@ A batch is a dict (float32 unless stated; ``B`` scenes, ``Vc`` context and ``Vt`
     "dataset":       list[str]     dataset names
     "scale":         (B,)          the normalisation scale s (source units per normalised unit)
     "has_depth":     (B,) bool     depth available (geometry losses apply)
-    "scale_source":  list[str]     "depth" or "baseline"
+    "scale_source":  list[str]     "depth", "baseline" (or "unposed": process_scene(allow_unposed=True))
     "skipped":       dict[str, int]  skipped scenes by reason since the previous batch of this worker
     "skipped_scenes": list[str]    "shard:key: reason (detail)" for those scenes
     "missing_scenes": list[str]    index-replay eval only, first batch: index scenes absent from the shards
@@ -354,8 +354,12 @@ def process_scene(
     max_pose_jump_ratio: float = 0.0,
     use_depth: bool = True,
     dataset: str = "",
+    allow_unposed: bool = False,
 ) -> Dict[str, Any]:
     """One sample (numpy / torch, no batch dim) from a raw scene and its sampled views; raises :class:`SceneSkip`.
+
+    ``allow_unposed`` (inference only): a scene whose ``meta["posed"]`` is False (``convert media``: identity poses)
+    keeps scale 1 (``scale_source`` "unposed") instead of being skipped for its zero camera baseline.
 
     Colours come from 8-bit decoding, so only poses, cameras, depth and the scale are checked for finiteness.
     """
@@ -419,7 +423,9 @@ def process_scene(
             with_depth = False
             for g in groups.values():
                 g["depth"][:] = INVALID_DEPTH
-    if scale_source == "baseline":
+    if scale_source == "baseline" and allow_unposed and raw.meta.get("posed", True) is False:
+        scale, scale_source = 1.0, "unposed"  # identity poses: nothing to normalise
+    elif scale_source == "baseline":
         c = rel["context"][:, :3, 3]
         scale = float(np.max(np.linalg.norm(c[:, None] - c[None], axis=-1))) if len(c) > 1 else 0.0
         if not scale > 1e-9:

@@ -5,7 +5,8 @@ Weight sources accepted by :func:`resolve_weights` / :func:`load_state_dict_from
 * a released name (see :data:`RELEASED_WEIGHTS`), fetched through the Hugging Face hub cache
   (``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` are honoured);
 * an ``http://`` or ``https://`` URL, downloaded once into ``torch.hub.get_dir()/zipsplat/``;
-* a local file path (``.safetensors``, or a torch pickle: ``.tar``, ``.pth``, ``.pt``, ``.ckpt``).
+* a local file path (``.safetensors``, or a torch pickle: ``.tar``, ``.pth``, ``.pt``, ``.ckpt``), including a
+  checkpoint of ``ns-train zipsplat*`` (``nerfstudio_models/step-*.ckpt``: its ``_model.net.*`` weights).
 
 Licence note: the released ZipSplat weights (``veichta/zipsplat``) are distributed under
 **CC BY-NC 4.0** (non-commercial use only); only the code is Apache-2.0. Using them means accepting
@@ -351,7 +352,27 @@ def _load_torch(path: Path, allow_pickle: bool) -> Any:
         ) from err
 
 
+NERFSTUDIO_NET_PREFIXES: tuple[str, ...] = ("_model.net.", "_model.module.net.")
+
+
+def _nerfstudio_network(pipeline_state: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The network part of a nerfstudio checkpoint's ``pipeline`` state (``_model.net.*`` keys, DDP or not)."""
+    out = {}
+    for key, value in pipeline_state.items():
+        for prefix in NERFSTUDIO_NET_PREFIXES:
+            if isinstance(key, str) and key.startswith(prefix):
+                out[key[len(prefix):]] = value
+    if not out:
+        raise CheckpointFormatError(
+            f"Weights file {str(path)!r} is a nerfstudio checkpoint without ZipSplat network weights "
+            f"(no key starts with {' or '.join(NERFSTUDIO_NET_PREFIXES)}); was it written by another method?"
+        )
+    return out
+
+
 def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and isinstance(obj.get("pipeline"), Mapping) and "step" in obj:
+        obj = _nerfstudio_network(obj["pipeline"], path)  # ns-train checkpoint (nerfstudio_models/step-*.ckpt)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             inner = obj.get(key)
@@ -394,8 +415,8 @@ def load_state_dict_from_source(
 ) -> dict[str, torch.Tensor]:
     """Resolve ``source`` (see :func:`resolve_weights`) and load its state dict onto the CPU.
 
-    Accepts ``.safetensors`` files and torch checkpoints (``{"model": sd}``, ``{"state_dict": sd}`` or a
-    raw state dict). A leading ``module.`` is stripped from keys. Checkpoints that need full unpickling
+    Accepts ``.safetensors`` files and torch checkpoints (``{"model": sd}``, ``{"state_dict": sd}``, a raw state
+    dict, or an ``ns-train`` checkpoint ``{"step", "pipeline": {"_model.net.*": ...}}``). A leading ``module.`` is stripped from keys. Checkpoints that need full unpickling
     raise :class:`UnsafeCheckpointError` unless ``allow_pickle=True``.
     """
     path = resolve_weights(source)
