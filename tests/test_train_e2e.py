@@ -146,3 +146,46 @@ def test_ns_train_tiny_help(env):
     assert top.returncode == 0
     for name in ("zipsplat-tiny", "zipsplat-small", "zipsplat-base", "zipsplat-large"):
         assert name in top.stdout, name
+
+
+@pytest.mark.slow
+def test_viewer_during_training_shows_the_current_scene(env, tmp_path):
+    """`ns-train ... --vis viewer+tensorboard`: the viewer gets the ZipSplat controls and the viewer scene is
+    re-predicted with the current weights while training (in process, nerfstudio's own Trainer)."""
+    import copy
+    import socket
+
+    from zipsplat_ns.config import zipsplat_tiny_method
+
+    os.environ["ZIPSPLAT_CACHE"] = env["ZIPSPLAT_CACHE"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = copy.deepcopy(zipsplat_tiny_method.config)
+    cfg.output_dir, cfg.vis, cfg.max_num_iterations = tmp_path, "viewer+tensorboard", 3
+    cfg.viewer.websocket_port, cfg.viewer.quit_on_train_completion = port, True
+    cfg.machine.device_type = "cpu"
+    cfg.pipeline.datamanager.num_workers = 0
+    cfg.pipeline.model.render_downscale = 3
+    cfg.pipeline.viewer_refresh_every = 2
+    cfg.steps_per_eval_batch = cfg.steps_per_eval_image = 0
+    cfg.set_timestamp()
+    cfg.save_config()  # as ns-train does: creates the run directory (the viewer logs into it)
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    names = {e.name for _, e in trainer.viewer_state.viewer_elements}
+    assert {"Compression", "Color by token", "Gaussians", "Scene"} <= names
+    pipe = trainer.pipeline
+    seen = []
+    orig = pipe.select_scene
+
+    def spy(*a, **k):
+        orig(*a, **k)
+        seen.append((trainer.pipeline.model.step, pipe.model.scene.means.clone()))
+
+    pipe.select_scene = spy
+    trainer.train()
+    assert [s for s, _ in seen] == [0, 2]  # before the first step (no scene yet), then every 2 steps
+    assert not torch.equal(seen[0][1], seen[1][1])  # the weights changed in between: a new prediction
+    assert pipe.viewer_num_gaussians.value == pipe.model.scene.num_gaussians
+    trainer.viewer_state.viser_server.stop()

@@ -8,6 +8,7 @@
     zipsplat-ns download DATASET            re10k | dl3dv | mipnerf360 sources
     zipsplat-ns depth SHARD_DIR             fill depth from SfM points or Depth-Anything-3
     zipsplat-ns eval --benchmark re10k      benchmark evaluation (index files, pose refinement, metrics)
+    zipsplat-ns reconstruct INPUT           images / video / nerfstudio data / shard scene -> Gaussians + a run
 """
 
 from __future__ import annotations
@@ -178,6 +179,12 @@ def _eval_command():
     return EvalCommand
 
 
+def _reconstruct_command():
+    from zipsplat_ns.reconstruct import ReconstructCommand
+
+    return ReconstructCommand
+
+
 def build_command_type():
     """The top-level union of subcommands (built lazily: the data modules import cv2, PIL, ...)."""
     from zipsplat_ns.data.depth import DepthConfig
@@ -189,6 +196,7 @@ def build_command_type():
         Annotated[_download_command(), tyro.conf.subcommand("download")],
         Annotated[DepthConfig, tyro.conf.subcommand("depth")],
         Annotated[_eval_command(), tyro.conf.subcommand("eval")],
+        Annotated[_reconstruct_command(), tyro.conf.subcommand("reconstruct")],
     ]
 
 

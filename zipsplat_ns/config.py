@@ -20,6 +20,10 @@ Training length: ``--max-num-iterations``, ``--pipeline.model.total-steps`` (com
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
 from nerfstudio.configs.base_config import LoggingConfig, ViewerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
@@ -31,6 +35,24 @@ from zipsplat_ns.optim import AdamWOptimizerConfig, WarmupCosineSchedulerConfig
 from zipsplat_ns.pipeline import ZipSplatPipelineConfig
 
 allow_numpy_in_checkpoints()
+
+
+@dataclass
+class ZipSplatRunConfig(TrainerConfig):
+    """A ``TrainerConfig`` whose run directory is given explicitly (``zipsplat-ns reconstruct``).
+
+    nerfstudio derives a run's directory as ``output_dir/experiment_name/method_name/timestamp`` (checkpoints in its
+    ``nerfstudio_models/``, the viewer's log and camera paths beside ``config.yml``). A reconstruction lives in the
+    folder the user chose, so ``run_dir`` (absolute) replaces that derivation when set.
+    """
+
+    run_dir: Optional[Path] = None
+    """The run directory (holds config.yml and nerfstudio_models/); None = nerfstudio's layout."""
+
+    def get_base_dir(self) -> Path:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        return super().get_base_dir()
 
 RECIPE_STEPS = 450_000
 RECIPE_LR = 3e-4
@@ -132,7 +154,30 @@ zipsplat_tiny_method = MethodSpecification(
     description="ZipSplat tiny (CPU-sized network): the built-in demo on synthetic data, 300 steps.",
 )
 
+METHODS_BY_VARIANT = {
+    "giant": "zipsplat", "large": "zipsplat-large", "base": "zipsplat-base", "small": "zipsplat-small",
+    "tiny": "zipsplat-tiny",
+}  # fmt: skip
+"""The registered method of each network variant (``zipsplat-ns reconstruct`` writes its configs)."""
+
+
+def method_config(variant: str) -> TrainerConfig:
+    """A copy of the registered method config of network ``variant``."""
+    import copy
+
+    if variant not in METHODS_BY_VARIANT:
+        raise ValueError(f"unknown network variant {variant!r}; choose from {', '.join(METHODS_BY_VARIANT)}")
+    specs = {
+        "zipsplat": zipsplat_method, "zipsplat-large": zipsplat_large_method, "zipsplat-base": zipsplat_base_method,
+        "zipsplat-small": zipsplat_small_method, "zipsplat-tiny": zipsplat_tiny_method,
+    }  # fmt: skip
+    return copy.deepcopy(specs[METHODS_BY_VARIANT[variant]].config)
+
+
 __all__ = [
+    "METHODS_BY_VARIANT",
+    "ZipSplatRunConfig",
+    "method_config",
     "zipsplat_method",
     "zipsplat_large_method",
     "zipsplat_base_method",

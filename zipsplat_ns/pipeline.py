@@ -38,7 +38,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -49,6 +49,7 @@ from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.viewer.viewer_elements import ViewerControl
 
 from zipsplat_ns.datamanagers.zipsplat_datamanager import ZipSplatDataManagerConfig
 from zipsplat_ns.eval.runner import run_benchmark_for_pipeline
@@ -57,6 +58,10 @@ from zipsplat_ns.schedules import max_views
 
 logger = logging.getLogger(__name__)
 METRICS_FILENAME = "zipsplat_metrics.jsonl"
+WEIGHTS_REF_KEY = "zipsplat_weights_ref"
+"""Pipeline-state key of a checkpoint that names its network weights instead of holding them."""
+VIEWER_MAX_SCENES = 500
+"""Scenes listed in the viewer's scene dropdown (the first ones of the test, then train, shards)."""
 
 
 @dataclass
@@ -108,6 +113,48 @@ class ZipSplatPipelineConfig(VanillaPipelineConfig):
     """The benchmark of ns-eval (index file, view count, pose alignment, priors)."""
     eval_rank0_only: bool = True
     """Under DDP, run the evaluation iterations on rank 0 only (the others return empty results)."""
+
+
+class ReferenceViewOnConnect(ViewerControl):
+    """Viewer control: every browser that connects starts at the reference view (the first context camera: the
+    origin of the y-up world, looking down -z, with its field of view), as the reference viewer does, but pulled back
+    by ``pull_back`` scene units: at the camera's own centre its frustum image would fill the whole view. Orbiting
+    pivots one scene unit ahead of the reference camera (the median scene depth after normalisation).
+
+    nerfstudio calls ``_setup(viewer)`` for every ``ViewerControl`` it finds on the pipeline.
+    """
+
+    pull_back = 0.3
+
+    def __init__(self, vfov: Callable[[], Optional[float]]):
+        self._vfov = vfov
+
+    def _setup(self, viewer) -> None:
+        import threading
+
+        super()._setup(viewer)
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
+
+        ratio = float(VISER_NERFSTUDIO_SCALE_RATIO)
+
+        def place(client) -> None:
+            for _ in range(100):  # the client reports its camera shortly after connecting
+                try:
+                    client.camera.update_timestamp
+                    break
+                except AssertionError:
+                    time.sleep(0.05)
+            else:
+                return
+            fov = self._vfov()
+            with client.atomic():
+                client.camera.up_direction = (0.0, 1.0, 0.0)
+                client.camera.position = (0.0, 0.0, self.pull_back * ratio)
+                client.camera.look_at = (0.0, 0.0, -ratio)
+                if fov is not None:
+                    client.camera.fov = fov
+
+        viewer.viser_server.on_client_connect(lambda client: threading.Thread(target=place, args=(client,), daemon=True).start())
 
 
 def _floats(d: Dict[str, Any]) -> Dict[str, float]:
@@ -178,6 +225,8 @@ class ZipSplatPipeline(VanillaPipeline):
                 dist.barrier(device_ids=[self.local_rank])
             else:
                 dist.barrier()
+        self._scene_key: Optional[str] = None
+        self._setup_viewer_controls()
         self._last_call: Optional[float] = None
         self._last_images = 0
         self._last_record: Dict[str, float] = {}
@@ -385,14 +434,79 @@ class ZipSplatPipeline(VanillaPipeline):
 
     # ---------------------------------------------------------------------------------- loading and scenes
     def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
-        super().load_pipeline(loaded_state, step)
+        """nerfstudio's loading, plus checkpoints that hold the network weights *by reference*.
+
+        ``zipsplat-ns reconstruct`` with released / file / URL weights writes ``{WEIGHTS_REF_KEY: source}`` instead
+        of a copy of the network (5.8 GB for giant); the network was already loaded from ``pipeline.model.weights``
+        when the model was built, and the two must name the same source. In test and inference mode (ns-viewer,
+        ns-eval, ns-export) the configured scene is predicted afterwards.
+        """
+        ref = loaded_state.get(WEIGHTS_REF_KEY)
+        if ref is not None:
+            want = getattr(self.model.config, "weights", None)
+            if str(ref) != str(want):
+                raise ValueError(
+                    f"the checkpoint refers to network weights {ref!r} but config.yml has pipeline.model.weights = "
+                    f"{want!r}; restore that field or run zipsplat-ns reconstruct again"
+                )
+            self.model.update_to_step(step)
+        else:
+            super().load_pipeline(loaded_state, step)
         if self.test_mode in ("test", "inference"):
             self.select_scene(self.datamanager.viewer_scene_key)
 
     def select_scene(self, key: Optional[str] = None, compression: Optional[float] = None) -> None:
-        """Predict scene ``key`` (default: the datamanager's viewer scene) and cache it for viewer and export."""
-        key = key or self.datamanager.viewer_scene_key
-        self.model.set_scene(self.datamanager.scene_context(key), compression=compression)
+        """Predict scene ``key`` (default: the one shown now, else the datamanager's viewer scene) at ``compression``
+        (default: the viewer slider's value) and cache it on the model for the viewer and the exporter."""
+        key = key or self._scene_key or self.datamanager.viewer_scene_key
+        c = float(self.viewer_compression.value if compression is None else compression)
+        use_priors = bool(getattr(self.model.config, "viewer_use_priors", False))
+        self.model.set_scene(self.datamanager.scene_context(key), compression=c, use_priors=use_priors)
+        self._scene_key = key
+        self.viewer_num_gaussians.value = int(self.model.scene.num_gaussians) if self.model.scene is not None else 0
+
+    # ---------------------------------------------------------------------------------------- viewer controls
+    def _setup_viewer_controls(self) -> None:
+        """Controls that nerfstudio's viewer finds on the pipeline ("Custom Elements"); see the README's viewer part.
+
+        Compression re-runs the network on the shown scene; "Color by token" gives each token's Gaussians one colour;
+        "Gaussians" shows the count; "Scene" switches between the scenes of the data (the input-camera frustums stay
+        those of the scene the viewer started with).
+        """
+        from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerDropdown, ViewerNumber, ViewerSlider
+
+        cfg = self.model.config
+        self.viewer_compression = ViewerSlider(
+            "Compression", float(getattr(cfg, "viewer_compression", 1.0)), 0.05, 1.0, 0.05,
+            cb_hook=self._on_compression, hint="Fraction of patch tokens kept as scene tokens (re-runs the network)",
+        )  # fmt: skip
+        self.viewer_color_by_token = ViewerCheckbox(
+            "Color by token", False, cb_hook=self._on_color_by_token,
+            hint="Each scene token's Gaussians in one colour",
+        )  # fmt: skip
+        self.viewer_num_gaussians = ViewerNumber("Gaussians", 0, disabled=True, hint="Gaussians in the shown scene")
+        key = self.datamanager.viewer_scene_key
+        scenes = self.datamanager.scene_keys(limit=VIEWER_MAX_SCENES)
+        if key not in scenes:
+            scenes = [key] + scenes
+        self.viewer_scene = ViewerDropdown("Scene", key, scenes, cb_hook=self._on_scene, hint="Scene to reconstruct")
+        self.viewer_start_view = ReferenceViewOnConnect(self._reference_vfov)
+
+    def _reference_vfov(self) -> Optional[float]:
+        """Vertical field of view (radians) of the shown scene's first context camera."""
+        cams = getattr(self.datamanager.train_dataset, "cameras", None)
+        if cams is None or len(cams) == 0:
+            return None
+        return float(2 * torch.atan(0.5 * cams.height[0, 0].float() / cams.fy[0, 0].float()))
+
+    def _on_compression(self, element) -> None:
+        self.select_scene(compression=float(element.value))
+
+    def _on_color_by_token(self, element) -> None:
+        self.model.set_color_by_token(bool(element.value))
+
+    def _on_scene(self, element) -> None:
+        self.select_scene(key=str(element.value))
 
     # ------------------------------------------------------------------------------------------ callbacks
     def _install_grad_guard(self, optimizers) -> None:
@@ -475,4 +589,4 @@ class ZipSplatPipeline(VanillaPipeline):
             self.select_scene()
 
 
-__all__ = ["BenchmarkEvalConfig", "ZipSplatPipeline", "ZipSplatPipelineConfig", "METRICS_FILENAME"]
+__all__ = ["BenchmarkEvalConfig", "ZipSplatPipeline", "ZipSplatPipelineConfig", "METRICS_FILENAME", "WEIGHTS_REF_KEY"]

@@ -399,6 +399,19 @@ class ZipSplatDataManager(DataManager):
                 out.append((spec.name, ShardDirectory(spec.path)))
         return out
 
+    def scene_keys(self, limit: Optional[int] = None) -> List[str]:
+        """Scene keys of the test shards, then of the train shards (no duplicates; at most ``limit``)."""
+        out: List[str] = []
+        seen = set()
+        for _, d in self._directories():
+            for k in d.keys():
+                if k not in seen:
+                    seen.add(k)
+                    out.append(k)
+                    if limit is not None and len(out) >= limit:
+                        return out
+        return out
+
     def _pick_viewer_scene(self) -> str:
         explicit = self.config.viewer_scene or os.environ.get(VIEWER_SCENE_ENV) or None
         if explicit:
@@ -429,7 +442,9 @@ class ZipSplatDataManager(DataManager):
                 nt = min(c.num_target_views, max(0, raw.num_views - 1))
                 vc = max(1, min(c.eval_views, raw.num_views))
                 views = BoundedSampler(**self._bounded_args(name), train=False).sample(raw.num_views, vc, nt, rng, key)
-            return process_scene(raw, views, image_size=c.image_size, use_depth=c.use_depth, dataset=name)
+            return process_scene(
+                raw, views, image_size=c.image_size, use_depth=c.use_depth, dataset=name, allow_unposed=True
+            )
         raise KeyError(f"scene {key!r} is in none of {[str(d.path) for _, d in self._directories()]}")
 
     def _bounded_args(self, name: str) -> Dict[str, int]:

@@ -113,6 +113,8 @@ class ZipSplatModelConfig(ModelConfig):
     """Probability per training step of conditioning on the context cameras and poses."""
     viewer_compression: float = 1.0
     """Compression ratio of the scene shown by the viewer / exported (set_scene)."""
+    viewer_use_priors: bool = False
+    """Condition the viewer / export scene on its context cameras and poses (posed inputs only)."""
     seed: int = 0
     """Seed of the per-step compression / priors draws (offset by the rank)."""
 
@@ -186,6 +188,8 @@ class ZipSplatModel(SplatfactoModel):
         self._scene_tokens: Optional[Tensor] = None
         self._scene_inputs: Optional[Dict[str, Tensor]] = None
         self._export_cache: Optional[Dict[str, Tensor]] = None
+        self._color_by_token = False
+        self._token_colored: Optional[Gaussians] = None
 
     def _config_background(self) -> Tensor:
         return torch.ones(3) if self.config.background_color == "white" else torch.zeros(3)
@@ -434,6 +438,7 @@ class ZipSplatModel(SplatfactoModel):
         self._scene_inputs = {k: v[:1].detach() for k, v in inputs.items() if isinstance(v, Tensor)}
         self._scene_compression = c
         self._export_cache = None
+        self._token_colored = None
         return g
 
     def clear_scene(self) -> None:
@@ -441,6 +446,18 @@ class ZipSplatModel(SplatfactoModel):
         self._scene_tokens = None
         self._scene_inputs = None
         self._export_cache = None
+        self._token_colored = None
+
+    def set_color_by_token(self, enabled: bool) -> None:
+        """Viewer renders: each token's ``gaussians_per_token`` Gaussians in one colour (export is unaffected)."""
+        self._color_by_token = bool(enabled)
+
+    def _viewer_gaussians(self) -> Optional[Gaussians]:
+        if self._scene is None or not self._color_by_token:
+            return self._scene
+        if self._token_colored is None:
+            self._token_colored = self._scene.color_by_group(int(self.config.gaussians_per_token))
+        return self._token_colored
 
     @property
     def scene(self) -> Optional[Gaussians]:
@@ -514,7 +531,7 @@ class ZipSplatModel(SplatfactoModel):
             cam = cam.reshape((-1,))[:1]
         H, W = int(cam.height.flatten()[0]), int(cam.width.flatten()[0])
         bg = self._viewer_background(dev)
-        g = self._scene
+        g = self._viewer_gaussians()
         if g is None:
             return {
                 "rgb": bg.expand(H, W, 3).clone(),
