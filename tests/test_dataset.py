@@ -380,6 +380,17 @@ def test_scene_without_depth_uses_the_baseline(tmp_path):
     assert abs(torch.cdist(c, c).max().item() - 1.0) < 1e-5  # max pairwise context distance normalised to 1
 
 
+def test_a_training_stream_of_only_unusable_scenes_fails_clearly(tmp_path):
+    """Every scene too short for the view counts: one clear error after a whole pass, not an endless silent loop."""
+    d = write_dir(tmp_path / "short", [make_scene(f"s{i}", n=4, seed=i) for i in range(3)])
+    with pytest.raises(RuntimeError, match=r"whole pass .* no usable sample \(skipped: \{'too_few_frames': 3\}\)"):
+        next(iter(stream([DatasetSpec(d)], train=True)))
+    # one usable scene among unusable ones is enough: the stream goes on
+    d2 = write_dir(tmp_path / "mixed", [make_scene("short", n=4), make_scene("long", n=14)])
+    it = iter(stream([DatasetSpec(d2)], train=True, image_budget=2, max_views=2))
+    assert [next(it)["scene"] for _ in range(3)] == [["long"]] * 3
+
+
 def _collect_keys(st: ShardStream, world: int, workers: int):
     out = {}
     for rank in range(world):

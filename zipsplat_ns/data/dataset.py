@@ -474,15 +474,21 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return batch
 
 
+PASS_END = -1
+"""Spec index of the marker that ends one pass of a training stream over its scenes."""
+
+
 class SkipLog:
     """Skip counters and names since the last batch (they travel inside the next batch)."""
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
         self.names: List[str] = []
+        self.total: Counter = Counter()  # never drained
 
     def add(self, reason: str, shard: str, key: str, detail: str) -> None:
         self.counts[reason] += 1
+        self.total[reason] += 1
         self.names.append(f"{shard}:{key}: {reason} ({detail})")
         logger.warning("skipping scene %s (%s): %s: %s", key, shard, reason, detail)
 
@@ -592,6 +598,7 @@ class ShardStream(IterableDataset):
                 return
             if owned == 0:
                 raise RuntimeError(f"ShardStream: no scenes found in {[str(s.path) for s in self.specs]}")
+            yield PASS_END, "", None  # __iter__ checks that the pass gave at least one usable sample
 
     def _draw_shape(self, rng: np.random.Generator) -> Tuple[int, int]:
         if not self.train:
@@ -659,17 +666,30 @@ class ShardStream(IterableDataset):
         items = self._raw_items(gw, total, wid, nw)
         skips = SkipLog()
         exhausted = False
+        usable, skipped_before = 0, Counter()
         while not exhausted:
             vc, bs = self._draw_shape(rng)
             samples: List[Dict[str, Any]] = []
             exhausted = True
             for spec_idx, shard, item in items:
+                if spec_idx == PASS_END:  # a training stream would otherwise loop forever over unusable scenes
+                    if usable == 0:
+                        why = dict(skips.total - skipped_before)
+                        raise RuntimeError(
+                            f"ShardStream: a whole pass over this stream's scenes in {[str(s.path) for s in self.specs]}"
+                            f" gave no usable sample (skipped: {why}); check the data with `zipsplat-ns shards check` "
+                            f"and the view counts (min/max views {self.min_views}/{self.max_views} + "
+                            f"{self.num_target_views} targets, sampler spans) against the scenes' frame counts"
+                        )
+                    usable, skipped_before = 0, Counter(skips.total)
+                    continue
                 if isinstance(item, SceneError):
                     skips.add("bad_scene", shard, item.key, item.reason)
                     continue
                 s = self.make_sample(spec_idx, shard, item, vc, rng if self.train else None, skips)
                 if s is not None:
                     samples.append(s)
+                    usable += 1
                 if len(samples) >= bs:
                     exhausted = False
                     break
