@@ -224,70 +224,14 @@ def gt_points_from_depth(
     return out, counts
 
 
-@torch.no_grad()
-def _pairwise_min(s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-    """``min_m ||s_n - t_m||^2`` and its argmin for ``(n, 3), (m, 3)``. Written element-wise so that ``torch.compile``
-    turns it into one fused reduction kernel that never materialises the ``n x m`` distance matrix."""
-    d = (s[:, None, :] - t[None, :, :]).square().sum(-1)
-    return d.min(1)
-
-
-_compiled_pairwise_min = None
-
-
-def _fused_pairwise_min():
-    """The compiled kernel (CUDA only), or ``None`` where ``torch.compile`` is unavailable or fails."""
-    global _compiled_pairwise_min
-    if _compiled_pairwise_min is None:
-        try:
-            _compiled_pairwise_min = torch.compile(_pairwise_min, dynamic=True)
-        except Exception:  # noqa: BLE001 - no compiler: fall back to the chunked cdist path
-            _compiled_pairwise_min = False
-    return _compiled_pairwise_min or None
-
-
-def nearest_indices(src: Tensor, tgt: Tensor, chunk_elements: Optional[int] = None) -> Tensor:
-    """Index of the nearest ``tgt`` point for each ``src`` point: ``(B, N, 3), (B, M, 3) -> (B, N)``; exact, chunked.
-
-    On CUDA a fused compiled reduction is used (source points in blocks of 8192 against all targets); elsewhere, or if
-    compilation fails, ``torch.cdist`` in chunks of about ``chunk_elements`` distances (default 2^24 on CPU, 2^27 on
-    CUDA). Both return the exact nearest point (ties may resolve to a different index at equal distance).
-    """
-    B, N, _ = src.shape
-    M = tgt.shape[1]
-    out = torch.empty(B, N, dtype=torch.long, device=src.device)
-    s_all, t_all = src.detach().float(), tgt.detach().float()
-    fused = _fused_pairwise_min() if src.is_cuda else None
-    if fused is not None:
-        try:
-            for b in range(B):
-                for s0 in range(0, N, 8192):
-                    out[b, s0 : s0 + 8192] = fused(s_all[b, s0 : s0 + 8192], t_all[b])[1]
-            return out
-        except Exception:  # noqa: BLE001 - compilation failed at first use: use cdist from now on
-            global _compiled_pairwise_min
-            _compiled_pairwise_min = False
-    if chunk_elements is None:
-        chunk_elements = 1 << (27 if src.is_cuda else 24)
-    tchunk = min(M, max(1, chunk_elements))
-    schunk = max(1, chunk_elements // tchunk)
-    for b in range(B):
-        for s0 in range(0, N, schunk):
-            s = s_all[b, s0 : s0 + schunk]
-            best = torch.full((s.shape[0],), float("inf"), device=src.device)
-            best_i = torch.zeros(s.shape[0], dtype=torch.long, device=src.device)
-            for t0 in range(0, M, tchunk):
-                dist = torch.cdist(s, t_all[b, t0 : t0 + tchunk])
-                dmin, imin = dist.min(1)
-                better = dmin < best
-                best = torch.where(better, dmin, best)
-                best_i = torch.where(better, imin + t0, best_i)
-            out[b, s0 : s0 + schunk] = best_i
-    return out
-
-
 def one_sided_chamfer(src: Tensor, tgt: Tensor, chunk_elements: Optional[int] = None) -> Tensor:
-    """``mean_n min_m ||src_n - tgt_m||^2`` per batch item; ``(B, N, 3), (B, M, 3) -> (B,)``; gradient w.r.t. src."""
+    """``mean_n min_m ||src_n - tgt_m||^2`` per batch item; ``(B, N, 3), (B, M, 3) -> (B,)``; gradient w.r.t. src.
+
+    The nearest points are found without gradient (:func:`zipsplat_ns.nn_search.nearest_indices`); the distance to
+    them is differentiated, which is the gradient of the min.
+    """
+    from zipsplat_ns.nn_search import nearest_indices
+
     idx = nearest_indices(src, tgt, chunk_elements)
     nn_pts = torch.gather(tgt, 1, idx[..., None].expand(-1, -1, 3)).to(src.dtype)
     return ((src - nn_pts) ** 2).sum(-1).mean(-1)
@@ -498,7 +442,6 @@ __all__ = [
     "depth_l1_loss",
     "unproject_depth",
     "gt_points_from_depth",
-    "nearest_indices",
     "one_sided_chamfer",
     "chamfer_loss",
     "activated_in_views",
