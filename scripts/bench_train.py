@@ -7,6 +7,7 @@ recipe (L1, LPIPS-VGG, penalties, chamfer, depth), backward, per-group gradient 
 per step, 4 target views per scene, 252 px. Warm-up steps are excluded; the median step time is reported.
 
     python scripts/bench_train.py --output $OUT/bench_train.json [--variants small giant] [--steps 10]
+    python scripts/bench_train.py --breakdown --variants small giant --layouts 4x6 --steps 5 --output $OUT/b.json
 
 An out-of-memory (or any other) failure of one configuration is recorded in the JSON and the run goes on.
 """
@@ -62,7 +63,52 @@ def make_batch(B: int, V: int, Vt: int, device: torch.device, seed: int):
     return inputs, batch
 
 
-def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device) -> dict:
+PHASES = (
+    ("network", "zipsplat_ns.models.network", "ZipSplat.predict"),
+    ("render", "zipsplat_ns.models.zipsplat_model", "render"),
+    ("activated_mask", "zipsplat_ns.models.zipsplat_model", "activated_mask"),
+    ("lpips", "zipsplat_ns.losses", "lpips_loss"),
+    ("chamfer", "zipsplat_ns.losses", "chamfer_loss"),
+)
+
+
+class PhaseTimer:
+    """``--breakdown``: wraps the forward phases in CUDA-synchronised timers (adds syncs, so the step gets slower);
+    backward and optimizer are timed in the step loop."""
+
+    def __init__(self) -> None:
+        import importlib
+
+        self.ms: dict = {}
+        self._undo = []
+        for name, mod_name, attr in PHASES:
+            mod = importlib.import_module(mod_name)
+            owner, fn_name = (getattr(mod, attr.split(".")[0]), attr.split(".")[1]) if "." in attr else (mod, attr)
+            orig = getattr(owner, fn_name)
+            setattr(owner, fn_name, self._wrap(name, orig))
+            self._undo.append((owner, fn_name, orig))
+
+    def _wrap(self, name: str, fn):
+        def inner(*a, **k):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            torch.cuda.synchronize()
+            self.add(name, time.perf_counter() - t)
+            return out
+
+        return inner
+
+    def add(self, name: str, seconds: float) -> None:
+        self.ms.setdefault(name, []).append(1000 * seconds)
+
+    def restore(self) -> None:
+        for owner, fn_name, orig in self._undo:
+            setattr(owner, fn_name, orig)
+
+
+def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device,
+              breakdown: bool = False) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -86,7 +132,10 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
         rec["trainable_params"] = sum(p.numel() for g in groups.values() for p in g)
         inputs, batch = make_batch(B, V, 4, device, seed=0)
         times, gaussians = [], []
+        timer = PhaseTimer() if breakdown else None
         for i in range(warmup + steps):
+            if timer is not None and i == warmup:
+                timer.ms.clear()
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for o in opts.values():
@@ -95,15 +144,32 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             out = model(inputs)
             metrics = model.get_metrics_dict(out, batch)
             loss = sum(model.get_loss_dict(out, batch, metrics).values())
+            if timer is not None:
+                torch.cuda.synchronize()
+                timer.add("forward_total", time.perf_counter() - t0)
+                tb = time.perf_counter()
             loss.backward()
+            if timer is not None:
+                torch.cuda.synchronize()
+                timer.add("backward", time.perf_counter() - tb)
+                tb = time.perf_counter()
             for name, o in opts.items():  # nerfstudio clips per parameter group
                 torch.nn.utils.clip_grad_norm_(groups[name], 1.0)
                 o.step()
             torch.cuda.synchronize()
+            if timer is not None:
+                timer.add("clip_and_adamw", time.perf_counter() - tb)
             dt = time.perf_counter() - t0
             if i >= warmup:
                 times.append(dt)
                 gaussians.append(int(out["means"].shape[1]) * B)
+        if timer is not None:
+            timer.restore()
+            rec["breakdown_ms_per_step"] = {k: round(sum(v) / steps, 1) for k, v in timer.ms.items()}
+            rec["breakdown_calls_per_step"] = {k: len(v) / steps for k, v in timer.ms.items()}
+            rec["breakdown_note"] = ("forward phases with CUDA syncs around each call (network = ZipSplat.predict; "
+                                     "render = every gsplat call of the step; chamfer/lpips = forward only); "
+                                     "backward of the whole step; the syncs make the step slower than without")
         med = statistics.median(times)
         rec.update(
             ok=True,
@@ -136,6 +202,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--time-budget-s", type=float, default=420.0, help="skip remaining configurations after this")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the step's phases (network, renders, activated mask, LPIPS, chamfer, backward, "
+                         "optimizer) with CUDA syncs around each; the step time then includes the syncs")  # fmt: skip
     ap.add_argument("--lpips-weights", choices=["auto", "random"], default="auto",
                     help="'random': LPIPS-VGG with random VGG16 weights (same compute, for machines without the "
                          "ImageNet weights; timings are unaffected, loss values are not meaningful)")  # fmt: skip
@@ -179,7 +248,8 @@ def main(argv=None) -> int:
             if time.perf_counter() - start > args.time_budget_s:
                 results.append({"variant": variant, "scenes": B, "views": V, "ok": False, "error": "skipped (time budget)"})
                 continue
-            rec = bench_one(variant, B, V, args.steps, args.warmup, recipe_ckpt.get(variant, False), device)
+            rec = bench_one(variant, B, V, args.steps, args.warmup, recipe_ckpt.get(variant, False), device,
+                            breakdown=args.breakdown)  # fmt: skip
             print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail")}), flush=True)
             results.append(rec)
     summary = {}
