@@ -234,7 +234,11 @@ class IndexSampler(ViewSampler):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise IndexFileError(str(path), [f"malformed JSON ({exc})"]) from exc
+            raise IndexFileError(
+                str(path), [f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (char {exc.pos})"]
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise IndexFileError(str(path), [f"not UTF-8 text ({exc})"]) from exc
         return cls(data, source=str(path), expected_context=expected_context)
 
     @property

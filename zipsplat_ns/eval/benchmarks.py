@@ -122,18 +122,7 @@ def resolve_benchmark(
 def load_index(path: PathLike, expected_context: int | None = None) -> IndexSampler:
     """Parse an index file; :class:`IndexFileError` lists every malformed entry (and every context-count mismatch
     when ``expected_context`` is given). Malformed JSON names the file and the error's line / column."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"index file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IndexFileError(
-            str(path), [f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (char {exc.pos})"]
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise IndexFileError(str(path), [f"not UTF-8 text ({exc})"]) from exc
-    return IndexSampler(data, source=str(path), expected_context=expected_context)
+    return IndexSampler.from_file(path, expected_context=expected_context)
 
 
 def scene_num_frames(shards, key: str) -> int:
