@@ -154,10 +154,11 @@ zipsplat_tiny_method = MethodSpecification(
     description="ZipSplat tiny (CPU-sized network): the built-in demo on synthetic data, 300 steps.",
 )
 
-METHODS_BY_VARIANT = {
-    "giant": "zipsplat", "large": "zipsplat-large", "base": "zipsplat-base", "small": "zipsplat-small",
-    "tiny": "zipsplat-tiny",
+_METHODS = {
+    "giant": zipsplat_method, "large": zipsplat_large_method, "base": zipsplat_base_method,
+    "small": zipsplat_small_method, "tiny": zipsplat_tiny_method,
 }  # fmt: skip
+METHODS_BY_VARIANT = {variant: spec.config.method_name for variant, spec in _METHODS.items()}
 """The registered method of each network variant (``zipsplat-ns reconstruct`` writes its configs)."""
 
 
@@ -165,18 +166,28 @@ def method_config(variant: str) -> TrainerConfig:
     """A copy of the registered method config of network ``variant``."""
     import copy
 
-    if variant not in METHODS_BY_VARIANT:
-        raise ValueError(f"unknown network variant {variant!r}; choose from {', '.join(METHODS_BY_VARIANT)}")
-    specs = {
-        "zipsplat": zipsplat_method, "zipsplat-large": zipsplat_large_method, "zipsplat-base": zipsplat_base_method,
-        "zipsplat-small": zipsplat_small_method, "zipsplat-tiny": zipsplat_tiny_method,
-    }  # fmt: skip
-    return copy.deepcopy(specs[METHODS_BY_VARIANT[variant]].config)
+    if variant not in _METHODS:
+        raise ValueError(f"unknown network variant {variant!r}; choose from {', '.join(_METHODS)}")
+    return copy.deepcopy(_METHODS[variant].config)
+
+
+def find_run_config(path: Path) -> Path:
+    """The ``config.yml`` of a run: ``path`` itself, ``path/config.yml``, or the newest one below ``path``."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if (p / "config.yml").is_file():
+        return p / "config.yml"
+    found = sorted(p.rglob("config.yml"), key=lambda q: q.stat().st_mtime) if p.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no config.yml in {p} (not a nerfstudio run folder)")
+    return found[-1]
 
 
 __all__ = [
     "METHODS_BY_VARIANT",
     "ZipSplatRunConfig",
+    "find_run_config",
     "method_config",
     "zipsplat_method",
     "zipsplat_large_method",

@@ -166,12 +166,12 @@ class WeightsPlan:
 def _run_config(run: Path) -> Tuple[Path, Any]:
     import yaml
 
-    cfg_path = run if run.is_file() else run / "config.yml"
-    if not cfg_path.is_file():
-        found = sorted(run.rglob("config.yml"), key=lambda q: q.stat().st_mtime)
-        if not found:
-            raise ReconstructError(f"reconstruct: {run} is a folder without config.yml (not a training run)")
-        cfg_path = found[-1]
+    from zipsplat_ns.config import find_run_config
+
+    try:
+        cfg_path = find_run_config(run)
+    except FileNotFoundError as exc:
+        raise ReconstructError(f"reconstruct: {exc}") from exc
     return cfg_path, yaml.load(cfg_path.read_text(), Loader=yaml.Loader)
 
 

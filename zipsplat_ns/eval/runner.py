@@ -854,21 +854,12 @@ class EvalCommand:
             self._print(console, rep)
         return 0
 
-    def _config_path(self) -> Path:
-        p = Path(self.run_dir)
-        if p.is_file():
-            return p
-        if (p / "config.yml").is_file():
-            return p / "config.yml"
-        found = sorted(p.rglob("config.yml"), key=lambda q: q.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f"no config.yml in {p}")
-        return found[-1]
-
     def _run_dir_eval(self, bench: ResolvedBenchmark, device: str) -> dict[str, Any]:
         from nerfstudio.utils.eval_utils import eval_setup
 
-        cfg_path = self._config_path()
+        from zipsplat_ns.config import find_run_config
+
+        cfg_path = find_run_config(self.run_dir)
 
         def update(config):
             dm = config.pipeline.datamanager
