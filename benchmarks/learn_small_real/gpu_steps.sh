@@ -21,6 +21,14 @@ collect_progress() {
 
 latest_ckpt() { { ls -1 "$RUN"/nerfstudio_models/step-*.ckpt 2>/dev/null || true; } | tail -n 1; }
 
+splatfacto_baseline() {  # $1: time limit in seconds
+  timeout "$1" python scripts/bench_learning.py splatfacto --folders .devdata/learn/splatfacto \
+    --out $W/renders_splatfacto --work $W/splatfacto --steps 7000 || echo "splatfacto baseline stopped or FAILED"
+  cp $W/renders_splatfacto/*.npz "$OUT/" 2>/dev/null || true
+  cp $W/renders_splatfacto/timing.json "$OUT/splatfacto_timing.json" 2>/dev/null || true
+  tail -n 30 $W/splatfacto/*.log 2>/dev/null | tail -c 100000 > "$OUT/splatfacto_log_tail.txt" || true
+}
+
 case "${1:-}" in
 start)
   python scripts/bench_learning.py train-data --train-scenes .devdata/learn/train_scenes --out $W/data \
@@ -36,14 +44,13 @@ start)
     --pipeline.datamanager.datasets synth $W/data/synth 0.5 real $W/data/real 0.5 \
     > $W/train.log 2>&1 < /dev/null &
   # the splatfacto baseline meanwhile (7000 steps per held-out scene, same context crops)
-  python scripts/bench_learning.py splatfacto --folders .devdata/learn/splatfacto --out $W/renders_splatfacto \
-    --work $W/splatfacto --steps 7000 || echo "splatfacto baseline FAILED (see splatfacto_log_tail.txt)"
-  cp $W/renders_splatfacto/*.npz $W/renders_splatfacto/timing.json "$OUT/" || true
-  tail -n 30 $W/splatfacto/*.log | tail -c 100000 > "$OUT/splatfacto_log_tail.txt" || true
+  splatfacto_baseline "${SPLAT_TIMEOUT:-480}"
   collect_progress
   ;;
 wait)
   end=$(( $(date +%s) + ${WAIT_S:-560} ))
+  # scenes the first call had no time for (finished ones are skipped)
+  ls $W/renders_splatfacto/*.npz 2>/dev/null | wc -l | grep -qx 3 || splatfacto_baseline $(( end - $(date +%s) - 20 ))
   while [ "$(date +%s)" -lt "$end" ] && pgrep -f "ns-train zipsplat-small" > /dev/null; do sleep 10; done
   collect_progress
   ;;
