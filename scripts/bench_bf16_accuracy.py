@@ -4,11 +4,13 @@
 For V in --views the fp32 means (TF32 off) are compared with the bf16 mode's means (``||m_bf16 - m_fp32|| /
 ||m_fp32||``, the metric of ``bench_inference.py``) under each combination of
 
-* ``exact_reduction``: ``ZipSplatConfig.bf16_exact_reduction`` (cuBLAS bf16 GEMMs summed in fp32, no bf16 split-K);
+* ``exact_reduction``: ``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False`` (cuBLAS bf16
+  GEMMs summed in fp32, no bf16 split-K partial sums);
 * ``fp32_attention``: q, k, v up-cast to fp32 for ``scaled_dot_product_attention`` (diagnostic only: it costs the
   flash kernel), to see how much of the error the bf16 attention probabilities carry.
 
-Latency is the eager median of --runs CUDA-event-timed forwards (no compile; ``bench_inference.py`` has the
+The random weights are drawn on the CPU (``torch.manual_seed(--seed)``, then moved to the GPU), so they are a
+different draw from ``bench_inference.py``'s (drawn on the GPU with the same seed). Latency is the eager median of --runs CUDA-event-timed forwards (no compile; ``bench_inference.py`` has the
 compiled figures). Usage: ``python scripts/bench_bf16_accuracy.py --output $OUT/bench_bf16_accuracy.json``
 """
 
@@ -62,7 +64,7 @@ def main() -> None:
         model.set_precision("bf16")
         for exact in (False, True):
             for att32 in (False, True):
-                model.config.bf16_exact_reduction = exact
+                torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = not exact
                 F.scaled_dot_product_attention = _sdpa_fp32 if att32 else _SDPA
                 try:
                     forward(x)
@@ -76,6 +78,7 @@ def main() -> None:
                         times.append(a.elapsed_time(b))
                 finally:
                     F.scaled_dot_product_attention = _SDPA
+                    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
                 d = m.double() - ref
                 per = d.norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-12)
                 row = {"views": V, "exact_reduction": exact, "fp32_attention": att32,
@@ -84,7 +87,6 @@ def main() -> None:
                        "eager_median_ms": statistics.median(times)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    model.config.bf16_exact_reduction = True
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "variant": args.variant,
            "random_weights": True, "metric": "||m_bf16 - m_fp32|| / ||m_fp32|| (fp32: TF32 off)", "rows": rows,
            "when": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -250,43 +250,73 @@ def cmd_splatfacto(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- report
-def _curves(metrics_jsonl: Path, png: Path, csv_path: Path) -> dict:
+CURVE_COLUMNS = ("loss", "l1", "psnr", "lpips", "chamfer", "depth", "num_views", "compression", "images_per_s",
+                 "skipped_scenes")
+
+
+def _curves(metrics_jsonl: Path, png: Path, csv_path: Path, window: int = 50) -> dict:
+    """Training curves from the run's ``zipsplat_metrics.jsonl`` (one row per step): a CSV of the main columns and
+    a plot (raw values light, a ``window``-step moving average dark)."""
     rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
-    keys = ("loss", "l1", "psnr", "lpips", "lr", "images_per_s")
-    pick = lambda r, names: next((r[n] for n in names if n in r), None)  # noqa: E731
-    series = []
-    for r in rows:
-        step = r.get("step")
-        if step is None:
-            continue
-        series.append({"step": step, **{k: r[k] for k in r if k != "step" and isinstance(r[k], (int, float))}})
+    series = [r for r in rows if isinstance(r.get("step"), int)]
     if not series:
         raise ValueError(f"{metrics_jsonl}: no step rows")
-    cols = sorted({k for s in series for k in s})
+    cols = ["step"] + [c for c in CURVE_COLUMNS if any(c in r for r in series)]
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for s in series:
-            w.writerow(s)
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in series:
+            w.writerow([r.get(c, "") if not isinstance(r.get(c), float) else f"{r[c]:.6g}" for c in cols])
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [c for c in cols if c != "step" and any(k in c for k in keys)][:6] or [c for c in cols if c != "step"][:6]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    axes = np.atleast_1d(axes)
-    for ax, c in zip(axes, panels):
-        xs = [s["step"] for s in series if c in s]
-        ys = [s[c] for s in series if c in s]
-        ax.plot(xs, ys, lw=1)
+    panels = [c for c in ("loss", "l1", "psnr", "lpips", "num_views", "images_per_s") if c in cols]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0))
+    for ax, c in zip(np.atleast_1d(axes), panels):
+        xs = np.array([r["step"] for r in series if c in r], dtype=float)
+        ys = np.array([r[c] for r in series if c in r], dtype=float)
+        ax.plot(xs, ys, lw=0.5, alpha=0.35)
+        if len(ys) >= window:
+            k = np.ones(window) / window
+            ax.plot(xs[window - 1 :], np.convolve(ys, k, mode="valid"), lw=1.5)
+        if c == "loss":
+            ax.set_yscale("log")  # rare location-penalty spikes would flatten the curve
         ax.set_title(c, fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    last = series[-1]
-    _ = pick
-    return {"steps_logged": len(series), "last_step": last["step"], "columns": cols}
+
+    def avg(c, part):
+        vals = [r[c] for r in part if c in r]
+        return float(np.mean(vals)) if vals else None
+
+    first, last = series[:100], series[-100:]
+    return {
+        "steps_logged": len(series),
+        "last_step": series[-1]["step"],
+        "first_100_steps_mean": {c: avg(c, first) for c in ("loss", "l1", "psnr", "lpips")},
+        "last_100_steps_mean": {c: avg(c, last) for c in ("loss", "l1", "psnr", "lpips", "images_per_s")},
+    }
+
+
+def _grid(folders: dict[str, Path], scenes: list[str], png: Path, view: int = 1) -> None:
+    """One row per scene: ground truth, then each method's render of target ``view``."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for s in scenes:
+        z = {m: np.load(f / f"{s}.npz") for m, f in folders.items()}
+        first = next(iter(z.values()))
+        row = [first["gt"][view]] + [z[m]["render"][view] for m in folders]
+        tiles.append(np.concatenate([np.clip(t, 0, 1).transpose(1, 2, 0) for t in row], 1))
+    img = Image.fromarray((np.concatenate(tiles, 0) * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    size = tiles[0].shape[0]
+    for i, name in enumerate(["ground truth", *folders]):
+        draw.text((i * size + 4, 2), name, fill=(255, 255, 0))
+    img.save(png)
 
 
 def cmd_report(args) -> int:
@@ -338,6 +368,8 @@ def cmd_report(args) -> int:
     report = {"scenes": scenes, "per_scene": table, "mean_over_scenes": summary, "per_view": per_view,
               "metrics": "zipsplat_ns.metrics (PSNR on [0,1], SSIM 11x11 Gaussian, LPIPS-VGG v0.1), 252 px crops",
               "notes": args.note or ""}  # fmt: skip
+    _grid({m: f for m, f in (("mean", args.mean), ("splatfacto", args.splatfacto), ("zipsplat", args.zipsplat))
+           if f is not None}, scenes, args.out / "heldout_grid.png")  # fmt: skip
     if args.metrics_jsonl is not None:
         report["curves"] = _curves(args.metrics_jsonl, args.out / "curves.png", args.out / "curves.csv")
     (args.out / "heldout_metrics.json").write_text(json.dumps(report, indent=1))

@@ -4,6 +4,8 @@
 #   call 1:  bash benchmarks/learn_small_real/gpu_steps.sh start    (data, launch ns-train in the background, splatfacto)
 #   call 2:  bash benchmarks/learn_small_real/gpu_steps.sh wait     (training goes on; progress comes back)
 #   call 3:  bash benchmarks/learn_small_real/gpu_steps.sh finish   (stop at >= TRAIN_MINUTES, evaluate, collect)
+# Call 1 carries .devdata/learn/{train_scenes,heldout_shards,heldout_index.json,splatfacto} and the AlexNet hub file;
+# call 3 carries .devdata/learn/{heldout_shards,heldout_index.json} again.
 # Inputs (prepared here by `python scripts/bench_learning.py prepare --out .devdata/learn`, carried to the device):
 # .devdata/learn/{train_scenes,heldout_shards,heldout_index.json,splatfacto}; LPIPS backbones in the torch hub cache.
 set -euo pipefail
@@ -55,6 +57,12 @@ wait)
   collect_progress
   ;;
 finish)
+  # The held-out inputs must be on the machine: carry .devdata/learn/heldout_shards and heldout_index.json again in
+  # this call (in the recorded run they were gone after the `wait` call, which had not carried them, and the
+  # evaluation was re-run in one more call that carried them).
+  for f in .devdata/learn/heldout_shards .devdata/learn/heldout_index.json; do
+    [ -e "$f" ] || { echo "finish: $f is missing; carry it in this call" >&2; exit 2; }
+  done
   t0=$(cat $W/train_start)
   deadline=$(python3 -c "print(int($t0 + 60 * $TRAIN_MINUTES))")
   while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "ns-train zipsplat-small" > /dev/null; do sleep 5; done

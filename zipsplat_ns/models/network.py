@@ -7,11 +7,10 @@ The module tree (and so the state-dict keys) matches the released checkpoint (§
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +72,6 @@ class ZipSplatConfig:
     precision: Precision = "fp32"
     grad_checkpointing: bool = False
     compile: bool = False
-    bf16_exact_reduction: bool = True
-    """bf16 mode on CUDA: forbid cuBLAS's reduced-precision (bf16) split-K reductions, so every bf16 matmul sums in
-    fp32 (``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False`` during the forward pass, the
-    previous value restored after). See benchmarks/bench_bf16_accuracy.json for its effect on the means."""
     use_xformers: bool | None = None  # None: use the fused SwiGLU kernel iff xformers is importable
 
     def backbone_spec(self) -> BackboneSpec:
@@ -493,11 +488,6 @@ class ZipSplat(nn.Module):
     ) -> ZipSplatOutput:
         """Full forward pass returning per-Gaussian tensors, the raw head output and the selected token indices."""
         images, cameras, poses = self._prepare_inputs(images, cameras, poses, use_priors, compression)
-        exact = self.config.precision == "bf16" and self.config.bf16_exact_reduction and images.is_cuda
-        with _fp32_bf16_reductions(exact):
-            return self._predict(images, cameras, poses, use_priors, compression)
-
-    def _predict(self, images, cameras, poses, use_priors: bool, compression: float) -> ZipSplatOutput:
         B, V = images.shape[:2]
         with self._trunk_autocast(images.device):
             feats = self.backbone(images, cameras, poses)[::-1]  # deepest tap first (index 0 = last out_layer)
@@ -537,21 +527,6 @@ class ZipSplat(nn.Module):
         (for training); wrap inference in ``torch.inference_mode()``.
         """
         return self.predict(images, cameras, poses, use_priors, compression).to_gaussians()
-
-
-@contextlib.contextmanager
-def _fp32_bf16_reductions(enabled: bool) -> Iterator[None]:
-    """Temporarily make cuBLAS accumulate bf16 GEMMs entirely in fp32 (no bf16 split-K partial sums)."""
-    if not enabled:
-        yield
-        return
-    flags = torch.backends.cuda.matmul
-    prev = flags.allow_bf16_reduced_precision_reduction
-    flags.allow_bf16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        flags.allow_bf16_reduced_precision_reduction = prev
 
 
 def count_gaussians(num_views: int, compression: float = 1.0, gaussians_per_token: int = 32) -> int:
