@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -194,6 +195,20 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
     return rec
 
 
+def _nn_tile() -> dict:
+    """The chamfer kernel's tile: fixed, or what the autotuner picked."""
+    from zipsplat_ns import nn_search
+
+    built = nn_search._kernel
+    if not built:
+        return {"mode": "not built"}
+    kernel, fixed = built
+    if fixed:
+        return {"mode": "fixed", "BLOCK_N": nn_search.BLOCK_N, "BLOCK_M": nn_search.BLOCK_M}
+    best = getattr(kernel, "best_config", None)
+    return {"mode": "autotune", "best": None if best is None else {**best.kwargs, "num_warps": best.num_warps}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", type=Path, default=Path("bench_train.json"))
@@ -208,10 +223,15 @@ def main(argv=None) -> int:
     ap.add_argument("--lpips-weights", choices=["auto", "random"], default="auto",
                     help="'random': LPIPS-VGG with random VGG16 weights (same compute, for machines without the "
                          "ImageNet weights; timings are unaffected, loss values are not meaningful)")  # fmt: skip
+    ap.add_argument("--nn-autotune", action="store_true",
+                    help="let triton.autotune pick the chamfer nearest-neighbour kernel's tile (ZIPSPLAT_NN_AUTOTUNE=1; "
+                         "the tuning runs on the first step, a warm-up step)")  # fmt: skip
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_train.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.nn_autotune:
+        os.environ["ZIPSPLAT_NN_AUTOTUNE"] = "1"  # read when the kernel is first built (first chamfer call)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
@@ -273,6 +293,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "setup_s_gsplat_build_and_lpips": setup_s,
         "lpips_weights": args.lpips_weights,
+        "nn_search_tile": _nn_tile(),
         "reference_anchor": REFERENCE,
         "targets": TARGETS,
         "results": results,

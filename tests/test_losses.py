@@ -352,3 +352,31 @@ print("ok")
                          env={**__import__("os").environ, "TRITON_INTERPRET": "1"})  # fmt: skip
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
+
+
+def test_nn_kernel_tile_is_fixed_unless_autotune_is_asked_for():
+    """Default: the measured fixed tile. ZIPSPLAT_NN_AUTOTUNE=1 (outside the interpreter): an autotuner over
+    TILE_CONFIGS, the fixed tile first, tuned once per process (no key)."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    code = """
+import os
+import zipsplat_ns.nn_search as ns
+k, fixed = ns._build_kernel()
+assert fixed and not hasattr(k, "configs")
+os.environ["ZIPSPLAT_NN_AUTOTUNE"] = "1"
+k, fixed = ns._build_kernel()
+assert not fixed
+cfgs = [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], c.num_warps) for c in k.configs]
+assert cfgs == list(ns.TILE_CONFIGS) and cfgs[0] == (ns.BLOCK_N, ns.BLOCK_M, 4), cfgs
+assert list(k.keys) == []
+os.environ["TRITON_INTERPRET"] = "1"
+assert ns._build_kernel()[1]  # the interpreter cannot time tiles
+print("ok")
+"""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ZIPSPLAT_NN_AUTOTUNE", "TRITON_INTERPRET")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

@@ -9,22 +9,39 @@ distance, float32, exact up to ties). Two implementations:
   subtract-multiply-adds, against the 180 ms per scene of a compiled torch reduction (benchmarks/bench_train*.json).
 - **elsewhere** (or without Triton): ``torch.cdist`` in chunks of about ``chunk_elements`` distances.
 
-The kernel is also correct under Triton's CPU interpreter (``TRITON_INTERPRET=1``), which the tests use.
+The kernel runs with a fixed 64 x 128 tile (the one measured in benchmarks/bench_train_breakdown.json). With
+``ZIPSPLAT_NN_AUTOTUNE=1`` the tile shape is instead chosen by ``triton.autotune`` on the first call in a process,
+among :data:`TILE_CONFIGS` (the fixed tile included): a 64 x 128 tile keeps more live values per thread than four
+warps' registers hold, and the best shape depends on the GPU. This is opt-in until ``scripts/bench_train.py
+--nn-autotune`` has measured it. The kernel only writes its output, so the tuning runs are harmless. Under Triton's
+CPU interpreter (``TRITON_INTERPRET=1``, which the tests use) the fixed tile is always used.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
-BLOCK_N = 64
+BLOCK_N = 64  # the fixed tile (the default; the first entry of TILE_CONFIGS)
 BLOCK_M = 128
+# (BLOCK_N, BLOCK_M, num_warps) tried by the autotuner on CUDA (ZIPSPLAT_NN_AUTOTUNE=1)
+TILE_CONFIGS = ((64, 128, 4), (64, 128, 8), (64, 64, 4), (128, 64, 8), (64, 32, 4), (128, 32, 4), (32, 64, 2))
 
 _kernel = None  # None: not built yet; False: unavailable
+
+
+def _interpreting() -> bool:
+    """Triton's CPU interpreter is on (it cannot time tile shapes, so the fixed tile is used)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _autotune_requested() -> bool:
+    return os.environ.get("ZIPSPLAT_NN_AUTOTUNE", "0") == "1"
 
 
 def _build_kernel():
@@ -65,7 +82,10 @@ def _build_kernel():
             best_i = tl.where(better, imin, best_i)
         tl.store(out_idx + b * stride_ob + offs_n, best_i, mask=mask_n)
 
-    return nn_kernel
+    if _interpreting() or not _autotune_requested():
+        return nn_kernel, True
+    configs = [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w) for n, m, w in TILE_CONFIGS]
+    return triton.autotune(configs=configs, key=[])(nn_kernel), False
 
 
 def _triton_kernel():
@@ -83,17 +103,21 @@ def nearest_indices_triton(src: Tensor, tgt: Tensor) -> Tensor:
     """Nearest ``tgt`` index per ``src`` point with the Triton kernel: ``(B, N, 3), (B, M, 3) -> (B, N)`` int64."""
     import triton
 
-    kernel = _triton_kernel()
-    if kernel is None:
+    built = _triton_kernel()
+    if built is None:
         raise RuntimeError("Triton is not available")
+    kernel, fixed_tile = built
     s = src.detach().float().contiguous()
     t = tgt.detach().float().contiguous()
     B, N, _ = s.shape
     M = t.shape[1]
     out = torch.zeros(B, N, dtype=torch.int32, device=s.device)
     if N and M:
-        grid = (triton.cdiv(N, BLOCK_N), B)
-        kernel[grid](s, t, out, N, M, s.stride(0), t.stride(0), out.stride(0), BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
+        args = (s, t, out, N, M, s.stride(0), t.stride(0), out.stride(0))
+        if fixed_tile:
+            kernel[(triton.cdiv(N, BLOCK_N), B)](*args, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
+        else:
+            kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B)](*args)
     return out.long()
 
 
