@@ -18,6 +18,10 @@ It also checks that bf16 means are within 1e-2 relative (``||m_bf16 - m_fp32|| /
 on the same inputs, and writes everything to ``--output`` (JSON) beside the reference numbers (reference doc §10.3
 and the lead's reference measurements). Out-of-memory in one configuration is recorded and the run continues.
 
+``--accuracy-draws K`` repeats the accuracy check (eager, V in ``--accuracy-views``) for K further random draws of
+the weights and reports every draw's error, their median and maximum: with random weights one draw's error is not
+representative (benchmarks/bench_bf16_accuracy.json: 0.5 % and 1.6 % for two draws of the same seed).
+
 Usage: ``python scripts/bench_inference.py --output $OUT/bench_inference.json``
 """
 
@@ -113,6 +117,10 @@ def main() -> None:
     ap.add_argument("--compile-mode", default=None,
                     help="torch.compile mode for --compile, e.g. max-autotune-no-cudagraphs (default: torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--accuracy-draws", type=int, default=0,
+                    help="also measure the bf16 means error (eager, V in --accuracy-views) for this many further random "
+                         "draws of the weights (seeds seed+1...): one draw's error is not representative")  # fmt: skip
+    ap.add_argument("--accuracy-views", type=int, nargs="+", default=[2, 6])
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -202,12 +210,45 @@ def main() -> None:
             # write after every configuration so a killed run still leaves data
             _write(args, results, accuracy, n_params, t0, dev)
     set_tf32(False)
-    summary = _write(args, results, accuracy, n_params, t0, dev)
+    draws = None
+    if args.accuracy_draws > 0:
+        del model
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        draws = accuracy_over_draws(args, dev)
+    summary = _write(args, results, accuracy, n_params, t0, dev, draws)
     log(f"done in {time.time() - t0:.1f}s -> {args.output}")
     print(json.dumps(summary["checks"], indent=1))
 
 
-def _write(args, results, accuracy, n_params, t0, dev) -> dict:
+def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
+    """bf16-vs-fp32 means error of further random draws of the weights (eager, no timing)."""
+    rows = []
+    for k in range(1, args.accuracy_draws + 1):
+        seed = args.seed + k
+        torch.manual_seed(seed)
+        with torch.device(dev):
+            model = ZipSplat(args.variant).eval()
+        g = torch.Generator(device=dev).manual_seed(seed + 1000)
+        for v in args.accuracy_views:
+            x = torch.rand(1, v, 3, 252, 252, device=dev, generator=g)
+            with torch.inference_mode():
+                model.set_precision("fp32")
+                ref = model.predict(x).means.double()
+                model.set_precision("bf16")
+                m = model.predict(x).means.double()
+            rel = float((m - ref).norm() / ref.norm().clamp_min(1e-12))
+            rows.append({"seed": seed, "views": v, "means_rel_err": rel})
+            log(f"draw seed {seed} V={v}: bf16 means rel err {rel:.2e}")
+        del model
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _write(args, results, accuracy, n_params, t0, dev, draws: list[dict] | None = None) -> dict:
     def ms(mode, v):
         for r in results:
             if r["mode"] == mode and r["views"] == v and r.get("status") == "ok":
@@ -261,6 +302,13 @@ def _write(args, results, accuracy, n_params, t0, dev) -> dict:
         "checks": checks,
         "elapsed_s": time.time() - t0,
     }
+    if draws:
+        errs = sorted(r["means_rel_err"] for r in draws)
+        summary["bf16_accuracy_over_draws"] = {
+            "draws": draws, "median": statistics.median(errs), "max": errs[-1],
+            "note": "eager bf16 vs fp32 means, weights drawn on the device with seeds seed+1..seed+K",
+        }  # fmt: skip
+        checks["bf16_means_rel_err_le_1e-2_every_draw"] = errs[-1] <= TARGETS["bf16_means_rel_err"]
     args.output.write_text(json.dumps(summary, indent=1))
     return summary
 
