@@ -163,3 +163,43 @@ def test_render_errors_are_clear():
         render(g, CAM, Pose.identity(), sh_degree=2)
     with pytest.raises(ValueError, match="poses shape"):
         render(g, Camera(CAM.data.expand(2, 6)), Pose.identity((3,)))
+
+
+def test_torch_backend_recomputes_large_blocks_in_backward_with_identical_gradients(monkeypatch):
+    """Activation checkpointing of the dense blocks: same images and gradients, a fraction of the saved memory."""
+    from zipsplat_ns.rendering import torch_backend
+
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    base = Gaussians(
+        means=torch.cat([torch.rand(n, 2, generator=gen) * 1.2 - 0.6, 1.5 + torch.rand(n, 1, generator=gen)], -1),
+        scales=0.02 + 0.08 * torch.rand(n, 3, generator=gen),
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=gen), dim=-1),
+        opacities=0.2 + 0.7 * torch.rand(n, generator=gen),
+        sh=rgb_to_sh0(torch.rand(n, 1, 3, generator=gen)),
+    )
+    pose = Pose.identity()
+
+    def run(min_entries: int):
+        monkeypatch.setattr(torch_backend, "CHECKPOINT_MIN_ENTRIES", min_entries)
+        leaves = [t.clone().requires_grad_(True) for t in (base.means, base.scales, base.opacities, base.sh)]
+        g = Gaussians(leaves[0], leaves[1], base.quats, leaves[2], leaves[3])
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            img = render(g, CAM, pose, mode="RGB").images
+        (img * torch.linspace(0, 1, img.numel()).reshape(img.shape)).sum().backward()
+        return img.detach(), [t.grad for t in leaves], saved[0]
+
+    img_plain, grads_plain, saved_plain = run(1 << 62)  # never checkpoint
+    img_ckpt, grads_ckpt, saved_ckpt = run(0)  # always checkpoint
+    assert float(img_plain.amax()) > 0.2  # the Gaussians are in view
+    torch.testing.assert_close(img_ckpt, img_plain, rtol=0, atol=0)
+    for a, b in zip(grads_ckpt, grads_plain):
+        assert a is not None and float(a.abs().sum()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert saved_ckpt < 0.2 * saved_plain, (saved_ckpt, saved_plain)

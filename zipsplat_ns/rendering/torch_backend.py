@@ -12,7 +12,9 @@ It follows the same image-formation model as gsplat's "classic" rasterizer so th
    would fall to 1e-4.
 
 Dense per (pixel, Gaussian) evaluation is done per block of tiles with only the Gaussians overlapping the block, so a
-256x256 image with 50k Gaussians needs a few hundred MB, not the (pixels x Gaussians) matrix.
+256x256 image with 50k Gaussians needs a few hundred MB, not the (pixels x Gaussians) matrix. With gradients, large
+blocks are recomputed in the backward pass instead of keeping their dense intermediates (activation checkpointing):
+a differentiable render (training, pose refinement) then also needs only about one block's memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 from typing import Dict, Tuple
 
 import torch
+import torch.utils.checkpoint
 from jaxtyping import Float
 from torch import Tensor
 
@@ -30,6 +33,8 @@ TILE = 16
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+# differentiable blocks with at least this many (pixel, Gaussian) pairs are recomputed in the backward pass
+CHECKPOINT_MIN_ENTRIES = 1 << 16
 
 
 def quat_scale_to_covar(quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3 3"]:
@@ -148,6 +153,12 @@ def rasterize_dense(
 
 
 def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, tx0, tx1, width, height) -> None:
+    """Composite the Gaussians overlapping tiles ``[ty0, ty1) x [tx0, tx1)`` into ``out`` / ``out_alpha``.
+
+    With gradients, the dense (pixels x Gaussians) intermediates of a large block are not kept for the backward pass:
+    the block is recomputed there (``torch.utils.checkpoint``), so the memory of a differentiable render is that of
+    one block, not of every block of every view (tens of GB for 15k Gaussians at 252 px otherwise).
+    """
     tmin_x, tmax_x, tmin_y, tmax_y = tile_range
     sel = (tmin_x < tx1) & (tmax_x > tx0) & (tmin_y < ty1) & (tmax_y > ty0)
     idx = torch.nonzero(sel).squeeze(-1)  # still sorted by depth
@@ -155,11 +166,23 @@ def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, 
         return
     y0, y1 = ty0 * TILE, min(ty1 * TILE, height)
     x0, x1 = tx0 * TILE, min(tx1 * TILE, width)
-    ys = torch.arange(y0, y1, device=m2d.device, dtype=m2d.dtype)
-    xs = torch.arange(x0, x1, device=m2d.device, dtype=m2d.dtype)
+    boxes = torch.stack([tmin_x[idx], tmax_x[idx], tmin_y[idx], tmax_y[idx]], -1)
+    args = (m2d[idx], con[idx], opa[idx], feat[idx], boxes, y0, y1, x0, x1)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in args[:4])
+    if needs_grad and idx.numel() * (y1 - y0) * (x1 - x0) >= CHECKPOINT_MIN_ENTRIES:
+        color, acc = torch.utils.checkpoint.checkpoint(_shade_pixels, *args, use_reentrant=False)
+    else:
+        color, acc = _shade_pixels(*args)
+    out[y0:y1, x0:x1] = color.reshape(y1 - y0, x1 - x0, -1)
+    out_alpha[y0:y1, x0:x1] = acc.reshape(y1 - y0, x1 - x0, 1)
+
+
+def _shade_pixels(g_m, g_c, g_o, g_f, boxes, y0: int, y1: int, x0: int, x1: int) -> Tuple[Tensor, Tensor]:
+    """Front-to-back compositing of depth-sorted Gaussians over the pixels ``[y0, y1) x [x0, x1)``: ``(P, C), (P, 1)``."""
+    ys = torch.arange(y0, y1, device=g_m.device, dtype=g_m.dtype)
+    xs = torch.arange(x0, x1, device=g_m.device, dtype=g_m.dtype)
     py, px = torch.meshgrid(ys, xs, indexing="ij")
     px, py = px.reshape(-1), py.reshape(-1)  # (P,)
-    g_m, g_c, g_o, g_f = m2d[idx], con[idx], opa[idx], feat[idx]
     dx = (px + 0.5)[:, None] - g_m[None, :, 0]
     dy = (py + 0.5)[:, None] - g_m[None, :, 1]
     power = -0.5 * (g_c[None, :, 0] * dx * dx + g_c[None, :, 2] * dy * dy) - g_c[None, :, 1] * dx * dy
@@ -167,8 +190,8 @@ def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, 
     with torch.no_grad():
         # A Gaussian only touches pixels in the tiles its box overlaps, and only with a non-negligible alpha.
         tpx, tpy = (px // TILE)[:, None], (py // TILE)[:, None]
-        inside = (tpx >= tmin_x[idx][None]) & (tpx < tmax_x[idx][None])
-        inside &= (tpy >= tmin_y[idx][None]) & (tpy < tmax_y[idx][None])
+        inside = (tpx >= boxes[None, :, 0]) & (tpx < boxes[None, :, 1])
+        inside &= (tpy >= boxes[None, :, 2]) & (tpy < boxes[None, :, 3])
         use = inside & (power <= 0) & (alpha >= ALPHA_MIN)
     alpha = torch.where(use, alpha, torch.zeros_like(alpha))
     one_minus = 1.0 - alpha
@@ -180,10 +203,7 @@ def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, 
     alpha = torch.where(alive, alpha, torch.zeros_like(alpha))
     T_before = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), dim=1)
     w = alpha * T_before  # (P, G)
-    color = w.to(g_f.dtype) @ g_f  # (P, C)
-    acc = w.sum(1, keepdim=True)
-    out[y0:y1, x0:x1] = color.reshape(y1 - y0, x1 - x0, -1)
-    out_alpha[y0:y1, x0:x1] = acc.reshape(y1 - y0, x1 - x0, 1)
+    return w.to(g_f.dtype) @ g_f, w.sum(1, keepdim=True)
 
 
 def render_scene_torch(
