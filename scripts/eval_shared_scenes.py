@@ -34,8 +34,9 @@ The committed ``benchmarks/eval_shared_scenes_random_tiny.*`` come from (CPU, ab
 
     python scripts/eval_shared_scenes.py --refine-steps 5 --refine-batch-size 1
 
-i.e. the ``fast`` preset cut to 5 steps and one view per refinement batch: the dense CPU renderer needs ~13 GB for
-the backward pass of 4 views of 1944 random (large) Gaussians at 252 px. ``refine_steps`` in the table is summed
+i.e. the ``fast`` preset cut to 5 steps and one view per refinement batch: when that table was made, the dense CPU
+renderer kept every block's intermediates for the backward pass (~13 GB for 4 views of 1944 random, large Gaussians
+at 252 px); it now recomputes them, so these limits are about time rather than memory. ``refine_steps`` in the table is summed
 over a scene's views (4 x 5 = 20; fewer when a target sees no Gaussian, which is then left at its GT pose).
 """
 
