@@ -73,12 +73,13 @@ def _subset_scene(raw, frames: list[int]):
     )
 
 
-def _opencv_to_opengl(pose12: np.ndarray) -> list[list[float]]:
-    """OpenCV c2w ``[R | t]`` -> the 4x4 OpenGL c2w of transforms.json (camera y and z axes flipped)."""
+def _transform_matrix(pose) -> list[list[float]]:
+    """Our OpenCV c2w pose -> the 4x4 OpenGL c2w of a nerfstudio ``transforms.json`` frame."""
+    from zipsplat_ns.ns_cameras import opencv_to_opengl_c2w
+    from zipsplat_ns.pose import Pose
+
     m = np.eye(4)
-    m[:3, :3] = pose12[:9].reshape(3, 3)
-    m[:3, 3] = pose12[9:12]
-    m[:3, 1:3] *= -1.0
+    m[:3, :] = opencv_to_opengl_c2w(Pose(pose.double()).Rt).numpy()
     return m.tolist()
 
 
@@ -172,7 +173,7 @@ def cmd_prepare(args) -> int:
                 rel = f"images/{role}_{i:02d}.png"
                 _save_png(imgs[i], folder / rel)
                 w, h, fx, fy, cx, cy = (float(x) for x in cams[i])
-                frames.append({"file_path": rel, "transform_matrix": _opencv_to_opengl(poses[i].double().numpy()),
+                frames.append({"file_path": rel, "transform_matrix": _transform_matrix(poses[i]),
                                "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": int(round(w)), "h": int(round(h))})  # fmt: skip
                 (train if role == "ctx" else test).append(rel)
         meta = {"camera_model": "OPENCV", "frames": frames, "train_filenames": train, "val_filenames": test,
