@@ -83,13 +83,6 @@ def _transform_matrix(pose) -> list[list[float]]:
     return m.tolist()
 
 
-def _save_png(img, path: Path) -> None:
-    from PIL import Image
-
-    arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path)
-
-
 def _write_npz(path: Path, render, gt) -> None:
     from zipsplat_ns.utils.atomic import atomic_open
 
@@ -105,6 +98,7 @@ def cmd_prepare(args) -> int:
     from zipsplat_ns.data.shards import write_shards
     from zipsplat_ns.eval.benchmarks import load_index, make_index, write_index
     from zipsplat_ns.eval.runner import iter_benchmark_items
+    from zipsplat_ns.images import save_png
 
     scenes_dir, out = args.scenes, args.out
     if not scenes_dir.is_dir():
@@ -171,7 +165,7 @@ def cmd_prepare(args) -> int:
         ):
             for i in range(imgs.shape[0]):
                 rel = f"images/{role}_{i:02d}.png"
-                _save_png(imgs[i], folder / rel)
+                save_png(imgs[i], folder / rel)
                 w, h, fx, fy, cx, cy = (float(x) for x in cams[i])
                 frames.append({"file_path": rel, "transform_matrix": _transform_matrix(poses[i]),
                                "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": int(round(w)), "h": int(round(h))})  # fmt: skip

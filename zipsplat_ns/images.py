@@ -72,6 +72,19 @@ def load_video(path: PathLike, num_frames: int = 8, stride: Optional[int] = None
     return out
 
 
+def save_png(image: Float[Tensor, "3 H W"], path: PathLike) -> None:
+    """Write an RGB image in [0, 1] (clamped) as an 8-bit PNG (values rounded to the nearest level)."""
+    from PIL import Image
+
+    arr = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def safe_filename(name: str) -> str:
+    """``name`` with every character other than letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
 def square_crop_box(w: int, h: int) -> Tuple[int, int, int]:
     """``(left, top, side)`` of the centred square crop (integer-floor offsets)."""
     side = min(w, h)

@@ -38,7 +38,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Type
 
 import torch
 import torch.distributed as dist
@@ -422,15 +422,14 @@ class ZipSplatPipeline(VanillaPipeline):
 
     @staticmethod
     def _save_renders(root: Path, scene: str, rgb: torch.Tensor, gt: torch.Tensor) -> None:
-        from PIL import Image
+        from zipsplat_ns.images import safe_filename, save_png
 
         root.mkdir(parents=True, exist_ok=True)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in scene)
+        safe = safe_filename(scene)
         for b in range(rgb.shape[0]):
             for v in range(rgb.shape[1]):
                 for name, img in (("render", rgb[b, v]), ("gt", gt[b, v])):
-                    arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-                    Image.fromarray(arr).save(root / f"{safe}_{b:02d}_{v:02d}_{name}.png")
+                    save_png(img, root / f"{safe}_{b:02d}_{v:02d}_{name}.png")
 
     # ---------------------------------------------------------------------------------- loading and scenes
     def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -289,18 +289,13 @@ def evaluate_scene(
     return row
 
 
-def _safe_name(scene: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in scene)
-
-
 def save_scene_renders(root: Path, scene: str, rgb: torch.Tensor, gt: torch.Tensor, init: Pose, refined: Pose) -> Path:
     """``root/<scene>.npz`` (float32 render, gt, poses) plus ``root/<scene>/{render,gt}_NN.png``."""
-    from PIL import Image
-
+    from zipsplat_ns.images import safe_filename, save_png
     from zipsplat_ns.utils.atomic import atomic_open
 
     root.mkdir(parents=True, exist_ok=True)
-    name = _safe_name(scene)
+    name = safe_filename(scene)
     path = root / f"{name}.npz"
     with atomic_open(path, "wb") as f:
         np.savez(
@@ -314,8 +309,7 @@ def save_scene_renders(root: Path, scene: str, rgb: torch.Tensor, gt: torch.Tens
     png.mkdir(exist_ok=True)
     for v in range(rgb.shape[0]):
         for tag, img in (("render", rgb[v]), ("gt", gt[v])):
-            arr = (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-            Image.fromarray(arr).save(png / f"{tag}_{v:02d}.png")
+            save_png(img, png / f"{tag}_{v:02d}.png")
     return path
 
 
