@@ -296,20 +296,19 @@ def _curves(metrics_jsonl: Path, png: Path, csv_path: Path, window: int = 50) ->
     }
 
 
-def _grid(folders: dict[str, Path], scenes: list[str], png: Path, view: int = 1) -> None:
+def _grid(renders: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], scenes: list[str], png: Path,
+          view: int = 1) -> None:
     """One row per scene: ground truth, then each method's render of target ``view``."""
     from PIL import Image, ImageDraw
 
     tiles = []
     for s in scenes:
-        z = {m: np.load(f / f"{s}.npz") for m, f in folders.items()}
-        first = next(iter(z.values()))
-        row = [first["gt"][view]] + [z[m]["render"][view] for m in folders]
+        row = [renders["mean"][s][1][view]] + [r[s][0][view] for r in renders.values()]
         tiles.append(np.concatenate([np.clip(t, 0, 1).transpose(1, 2, 0) for t in row], 1))
     img = Image.fromarray((np.concatenate(tiles, 0) * 255).round().astype(np.uint8))
     draw = ImageDraw.Draw(img)
     size = tiles[0].shape[0]
-    for i, name in enumerate(["ground truth", *folders]):
+    for i, name in enumerate(["ground truth", *renders]):
         draw.text((i * size + 4, 2), name, fill=(255, 255, 0))
     img.save(png)
 
@@ -320,51 +319,50 @@ def cmd_report(args) -> int:
     from zipsplat_ns.lpips import get_lpips_vgg
     from zipsplat_ns.metrics import compute_metrics
 
-    net = get_lpips_vgg("cpu")
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    per_view: dict[str, dict] = {}
-    scenes = None
-    for method, folder in (("mean", args.mean), ("splatfacto", args.splatfacto), ("zipsplat", args.zipsplat)):
-        if folder is None:
-            continue
+    folders = {m: f for m, f in (("mean", args.mean), ("splatfacto", args.splatfacto), ("zipsplat", args.zipsplat))
+               if f is not None}  # fmt: skip
+    # every method's (render, gt) per scene, each file read once
+    renders: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for method, folder in folders.items():
         files = sorted(folder.glob("*.npz"))
         if not files:
             log(f"error: no renders (*.npz) in {folder}")
             return 1
-        table[method] = {}
+        renders[method] = {}
         for f in files:
             z = np.load(f)
-            pred, gt = torch.from_numpy(z["render"]).float(), torch.from_numpy(z["gt"]).float()
-            if pred.shape != gt.shape:
-                log(f"error: {f}: render {tuple(pred.shape)} vs gt {tuple(gt.shape)}")
+            if z["render"].shape != z["gt"].shape:
+                log(f"error: {f}: render {tuple(z['render'].shape)} vs gt {tuple(z['gt'].shape)}")
                 return 1
-            with torch.no_grad():
-                m = compute_metrics(pred.clamp(0, 1), gt, net=net)
-            table[method][f.stem] = {k: float(v.double().mean()) for k, v in m.items()}
-            per_view.setdefault(method, {})[f.stem] = {k: [float(x) for x in v.reshape(-1)] for k, v in m.items()}
-        names = sorted(table[method])
-        scenes = names if scenes is None else scenes
-        if names != scenes:
-            log(f"error: {method} has scenes {names}, expected {scenes}")
+            renders[method][f.stem] = (z["render"], z["gt"])
+    scenes = sorted(renders["mean"])
+    for method, by_scene in renders.items():
+        if sorted(by_scene) != scenes:
+            log(f"error: {method} has scenes {sorted(by_scene)}, expected {scenes}")
             return 1
-    # the same ground truth for every method (identical crops)
-    ref = {f.stem: np.load(f)["gt"] for f in sorted(args.mean.glob("*.npz"))}
-    for method, folder in (("splatfacto", args.splatfacto), ("zipsplat", args.zipsplat)):
-        if folder is None:
-            continue
-        for f in sorted(folder.glob("*.npz")):
-            diff = float(np.abs(np.load(f)["gt"] - ref[f.stem]).max())
+        # the same ground truth for every method (identical crops)
+        for s, (_, gt) in by_scene.items():
+            diff = float(np.abs(gt - renders["mean"][s][1]).max())
             if diff > 2.0 / 255:
-                log(f"error: {method} {f.stem}: its ground truth differs from the mean baseline's by {diff:.4f}")
+                log(f"error: {method} {s}: its ground truth differs from the mean baseline's by {diff:.4f}")
                 return 1
+    net = get_lpips_vgg("cpu")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    per_view: dict[str, dict] = {}
+    for method, by_scene in renders.items():
+        table[method], per_view[method] = {}, {}
+        for s, (render, gt) in by_scene.items():
+            with torch.no_grad():
+                m = compute_metrics(torch.from_numpy(render).float().clamp(0, 1), torch.from_numpy(gt).float(), net=net)
+            table[method][s] = {k: float(v.double().mean()) for k, v in m.items()}
+            per_view[method][s] = {k: [float(x) for x in v.reshape(-1)] for k, v in m.items()}
     summary = {m: {k: float(np.mean([table[m][s][k] for s in scenes])) for k in ("psnr", "ssim", "lpips")}
                for m in table}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"scenes": scenes, "per_scene": table, "mean_over_scenes": summary, "per_view": per_view,
               "metrics": "zipsplat_ns.metrics (PSNR on [0,1], SSIM 11x11 Gaussian, LPIPS-VGG v0.1), 252 px crops",
               "notes": args.note or ""}  # fmt: skip
-    _grid({m: f for m, f in (("mean", args.mean), ("splatfacto", args.splatfacto), ("zipsplat", args.zipsplat))
-           if f is not None}, scenes, args.out / "heldout_grid.png")  # fmt: skip
+    _grid(renders, scenes, args.out / "heldout_grid.png")
     if args.metrics_jsonl is not None:
         report["curves"] = _curves(args.metrics_jsonl, args.out / "curves.png", args.out / "curves.csv")
     (args.out / "heldout_metrics.json").write_text(json.dumps(report, indent=1))
