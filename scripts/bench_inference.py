@@ -178,7 +178,7 @@ def main() -> None:
                     fp32_means[v] = means
                 elif mode.startswith("bf16") and v in fp32_means:
                     ref = fp32_means[v]
-                    rel = float((means - ref).norm() / ref.norm().clamp_min(1e-12))
+                    rel = means_rel_err(means, ref)
                     max_abs = float((means - ref).abs().max())
                     # Per-Gaussian view of the same error: |m_bf16 - m_fp32| / |m_fp32| for each Gaussian.
                     per_g = (means - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-6)
@@ -222,6 +222,11 @@ def main() -> None:
     print(json.dumps(summary["checks"], indent=1))
 
 
+def means_rel_err(means: torch.Tensor, ref: torch.Tensor) -> float:
+    """The accuracy metric: ``||m - m_fp32|| / ||m_fp32||`` over all Gaussians."""
+    return float((means - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
 def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
     """bf16-vs-fp32 means error of further random draws of the weights (eager, no timing)."""
     rows = []
@@ -238,7 +243,7 @@ def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
                 ref = model.predict(x).means.double()
                 model.set_precision("bf16")
                 m = model.predict(x).means.double()
-            rel = float((m - ref).norm() / ref.norm().clamp_min(1e-12))
+            rel = means_rel_err(m, ref)
             rows.append({"seed": seed, "views": v, "means_rel_err": rel})
             log(f"draw seed {seed} V={v}: bf16 means rel err {rel:.2e}")
         del model
