@@ -195,20 +195,6 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
     return rec
 
 
-def _nn_tile() -> dict:
-    """The chamfer kernel's tile: fixed, or what the autotuner picked."""
-    from zipsplat_ns import nn_search
-
-    built = nn_search._kernel
-    if not built:
-        return {"mode": "not built"}
-    kernel, fixed = built
-    if fixed:
-        return {"mode": "fixed", "BLOCK_N": nn_search.BLOCK_N, "BLOCK_M": nn_search.BLOCK_M}
-    best = getattr(kernel, "best_config", None)
-    return {"mode": "autotune", "best": None if best is None else {**best.kwargs, "num_warps": best.num_warps}}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", type=Path, default=Path("bench_train.json"))
@@ -239,6 +225,7 @@ def main(argv=None) -> int:
     # build gsplat's CUDA extension and the LPIPS net outside the timings
     t0 = time.perf_counter()
     from zipsplat_ns.gaussians import Gaussians
+    from zipsplat_ns.nn_search import kernel_tile
     from zipsplat_ns.camera import Camera
     from zipsplat_ns.lpips import get_lpips_vgg
     from zipsplat_ns.pose import Pose
@@ -293,7 +280,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "setup_s_gsplat_build_and_lpips": setup_s,
         "lpips_weights": args.lpips_weights,
-        "nn_search_tile": _nn_tile(),
+        "nn_search_tile": kernel_tile(),
         "reference_anchor": REFERENCE,
         "targets": TARGETS,
         "results": results,

@@ -99,6 +99,17 @@ def _triton_kernel():
     return _kernel or None
 
 
+def kernel_tile() -> dict:
+    """The Triton kernel's tile: ``{"mode": "not built"}``, the fixed tile, or the autotuner's pick (once it ran)."""
+    if not _kernel:
+        return {"mode": "not built"}
+    kernel, fixed = _kernel
+    if fixed:
+        return {"mode": "fixed", "BLOCK_N": BLOCK_N, "BLOCK_M": BLOCK_M}
+    best = getattr(kernel, "best_config", None)
+    return {"mode": "autotune", "best": None if best is None else {**best.kwargs, "num_warps": best.num_warps}}
+
+
 def nearest_indices_triton(src: Tensor, tgt: Tensor) -> Tensor:
     """Nearest ``tgt`` index per ``src`` point with the Triton kernel: ``(B, N, 3), (B, M, 3) -> (B, N)`` int64."""
     import triton
@@ -158,4 +169,4 @@ def nearest_indices(src: Tensor, tgt: Tensor, chunk_elements: Optional[int] = No
     return nearest_indices_cdist(src, tgt, chunk_elements)
 
 
-__all__ = ["nearest_indices", "nearest_indices_cdist", "nearest_indices_triton"]
+__all__ = ["kernel_tile", "nearest_indices", "nearest_indices_cdist", "nearest_indices_triton"]
