@@ -17,6 +17,7 @@ from zipsplat_ns.losses import (
     chamfer_loss,
     compute_losses,
     depth_l1_loss,
+    INVALID_POINT,
     gt_points_from_depth,
     l1_loss,
     location_penalty,
@@ -132,17 +133,20 @@ def test_unprojection_uses_integer_pixel_coordinates_and_c2w():
     assert pts[1, 0].tolist() == pytest.approx((R @ cam_pt + t).tolist())
 
 
-def test_gt_points_padding_repeats_valid_points_and_keeps_distances():
+def test_gt_points_keep_the_nearest_distances_of_the_references_padded_lists():
+    """The reference compacts the valid points and pads shorter lists with repeats of random valid points; we move
+    pixels without depth far away instead. Both give every nearest distance of the valid set exactly."""
     cam = Camera.from_focal(1.0, w=3, h=1, cx=0.0, cy=0.0)
     cams = Camera.stack([cam, cam])[:, None]
     poses = Pose.identity((2, 1))
     depth = torch.tensor([[[[1.0, 2.0, 3.0]]], [[[1.0, -1.0, -1.0]]]])  # 3 valid vs 1 valid
-    pts, counts = gt_points_from_depth(depth, cams, poses, generator=torch.Generator().manual_seed(0))
+    pts, counts = gt_points_from_depth(depth, cams, poses)
     assert counts.tolist() == [3, 1] and pts.shape == (2, 3, 3)
-    assert torch.allclose(pts[1], torch.tensor([0.0, 0.0, 1.0]).expand(3, 3))  # repeats of the only valid point
-    # batched (padded) chamfer == per-sample chamfer on the unpadded lists
+    assert pts[1, 0].tolist() == [0.0, 0.0, 1.0] and (pts[1, 1:] == INVALID_POINT).all()
+    padded = torch.stack([pts[0], pts[1, :1].expand(3, 3)])  # the reference's list for sample 1: its only point x3
     means = torch.tensor([[[0.5, 0.0, 1.5]], [[0.0, 0.3, 1.0]]])
     batched = one_sided_chamfer(means, pts)
+    assert torch.equal(batched, one_sided_chamfer(means, padded))
     assert batched[1].item() == pytest.approx(0.09)
     assert batched[0].item() == pytest.approx(min(0.25 + 0.25, (0.5 - 2.0) ** 2 + 0.25))
 
@@ -258,6 +262,7 @@ def test_compute_losses_hand_built_total():
     assert terms.per_sample["depth"].tolist() == pytest.approx([0.5, 0.0])
     # chamfer sample 0: exact value from the GT point cloud
     pts, _ = gt_points_from_depth(gt_depth[:1], cams[:1], poses[:1])
+    pts = pts[:, (pts[0] != INVALID_POINT).all(-1)]  # the valid points only
     clamped = means[:1].clamp(-10, 10)
     d2 = torch.cdist(clamped, pts).min(-1).values.pow(2).mean()
     extra = torch.sqrt(torch.relu(means[:1].abs() - 10 + 1e-6) + 1e-8).mean()
@@ -343,6 +348,17 @@ for B, N, M in ((2, 3 * BLOCK_N + 5, 2 * BLOCK_M + 17), (1, 7, 3), (1, BLOCK_N, 
     ref = torch.cdist(s.double(), t.double()).argmin(-1)
     assert got.dtype == torch.long and got.shape == (B, N), got.shape
     assert torch.equal(got, ref), (got != ref).sum()
+# a dense cluster far from the origin (coordinates ~8, spacing ~1e-2): the kernel's centred form keeps the nearest
+# point exact here, where ||t||^2 - 2 s.t without centring would lose it to cancellation (||t||^2 ~ 200 vs d^2 ~ 1e-4)
+s, t = 8 + 0.05 * torch.randn(1, 300, 3, generator=g), 8 + 0.05 * torch.randn(1, 5 * BLOCK_M + 3, 3, generator=g)
+assert torch.equal(nearest_indices_triton(s, t), torch.cdist(s.double(), t.double()).argmin(-1))
+# exact ties (every target twice, the copies a tile or more apart) resolve to the lowest index, as argmin does
+s, t = torch.randn(1, 70, 3, generator=g), torch.randn(1, BLOCK_M + 9, 3, generator=g)
+tt = torch.cat([t, t], 1)
+assert torch.equal(nearest_indices_triton(s, tt), torch.cdist(s.double(), t.double()).argmin(-1))
+# far "invalid" points (the chamfer term's sentinel for pixels without depth) never win
+far = torch.full((1, 2 * BLOCK_M, 3), 1e18)
+assert torch.equal(nearest_indices_triton(s, torch.cat([far, t], 1)) - 2 * BLOCK_M, torch.cdist(s.double(), t.double()).argmin(-1))
 print("ok")
 """
     import subprocess

@@ -12,8 +12,9 @@ Every term is computed per sample (shape ``(B,)``) and averaged over the batch. 
 - ``location_penalty``: ``mean(relu(|mu| - 10)^2)`` over (N, 3).
 - ``chamfer`` (one-directional, Gaussians -> GT points; needs depth): the GT depth of the target views is unprojected
   with *integer* pixel coordinates ``x = (p - c) / f * d`` (``p = 0 .. W-1``, no +0.5, as the reference), moved to
-  the world frame by the target camera-to-world poses, and kept where ``d >= 0``. Point lists are padded per batch
-  to a common length by repeating random valid points (repeats do not change nearest distances). Then::
+  the world frame by the target camera-to-world poses, and kept where ``d >= 0``. (The reference pads the point
+  lists of a batch to one length by repeating random valid points; here pixels without depth become a point at
+  1e18 instead, which keeps every nearest distance and needs no host synchronisation.) Then::
 
       chamfer = mean_n min_m ||clamp(mu_n, -10, 10) - P_m||^2  +  0.1 * mean(sqrt(relu(|mu| - 10 + 1e-6) + 1e-8))
 
@@ -198,30 +199,27 @@ def unproject_depth(depths: Tensor, cameras: "Camera", poses: "Pose") -> Tensor:
     return torch.einsum("bvij,bvhwj->bvhwi", R, cam) + t[:, :, None, None, :]
 
 
+INVALID_POINT = 1e18
+"""Coordinate of the stand-in for a GT pixel without depth: its squared distance to any clamped mean (~3e36) is
+finite and never the nearest while the sample has one valid point."""
+
+
 def gt_points_from_depth(
     depths: Tensor, cameras: "Camera", poses: "Pose", generator: Optional[torch.Generator] = None
 ) -> "tuple[Tensor, Tensor]":
-    """Valid GT points per sample, padded to a common length by repeating random valid points.
+    """GT points of every pixel per sample, pixels without depth moved far away; no host synchronisation.
 
-    Returns ``points (B, M, 3)`` and ``counts (B,)`` (valid points before padding; samples with 0 get zeros).
+    Returns ``points (B, V*H*W, 3)`` and ``counts (B,)`` (valid points; samples with 0 must be masked by the caller).
+    The reference compacts the valid points and pads the lists to a common length by repeating random valid points;
+    both keep every nearest distance exactly (a repeat or a point at :data:`INVALID_POINT` never changes a minimum
+    over a non-empty valid set), and this form needs neither the compaction's data-dependent sizes nor a per-sample
+    loop. ``generator`` is accepted for API compatibility and unused.
     """
     d = _depth_bvhw(depths)
     pts = unproject_depth(d, cameras, poses).flatten(1, 3)  # (B, V*H*W, 3)
     valid = valid_depth_mask(d).flatten(1)
-    counts = valid.sum(1)
-    B = d.shape[0]
-    M = max(int(counts.max().item()) if B else 0, 1)
-    out = pts.new_zeros(B, M, 3)
-    for b in range(B):
-        n = int(counts[b])
-        if n == 0:
-            continue
-        p = pts[b][valid[b]]
-        if n < M:
-            rep = torch.randint(0, n, (M - n,), device=p.device, generator=generator)
-            p = torch.cat([p, p[rep]])
-        out[b] = p
-    return out, counts
+    out = torch.where(valid[..., None], pts, torch.full_like(pts, INVALID_POINT))
+    return out, valid.sum(1)
 
 
 def one_sided_chamfer(src: Tensor, tgt: Tensor, chunk_elements: Optional[int] = None) -> Tensor:
@@ -321,6 +319,7 @@ def compute_losses(
     config: Optional[LossConfig] = None,
     lpips_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
     generator: Optional[torch.Generator] = None,
+    lpips_autocast: bool = False,
 ) -> LossTerms:
     """All ZipSplat loss terms for a batch.
 
@@ -338,7 +337,11 @@ def compute_losses(
         activated: ``(B, N)`` precomputed activated flags (overrides the renders).
         config: weights and constants (:class:`LossConfig`).
         lpips_fn: ``(N, 3, H, W) x2 -> (N,)`` LPIPS on [0, 1] inputs; default the cached LPIPS-VGG.
-        generator: for the random padding of GT point lists.
+        generator: unused (kept for API compatibility; GT point lists need no random padding, see
+            :func:`gt_points_from_depth`).
+        lpips_autocast: evaluate LPIPS under bf16 autocast (its convolutions in bf16), as the reference's
+            mixed-precision training does (its whole loss runs inside ``torch.autocast(bfloat16)``); the other terms
+            stay fp32.
     """
     cfg = config or LossConfig()
     means, scales, opac = gaussians.means, gaussians.scales, gaussians.opacities
@@ -359,7 +362,11 @@ def compute_losses(
     per: Dict[str, Tensor] = {}
 
     per["l1"] = l1_loss(rgb, gt) if cfg.l1_weight else zero
-    per["lpips"] = lpips_loss(rgb, gt, lpips_fn).to(dt) if cfg.lpips_weight else zero
+    if cfg.lpips_weight:
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=lpips_autocast):
+            per["lpips"] = lpips_loss(rgb, gt, lpips_fn).to(dt)
+    else:
+        per["lpips"] = zero
     per["scale_penalty"] = scale_penalty(scales, cfg.max_scale, cfg.min_scale)
     per["opacity_penalty"] = opacity_penalty(opac, cfg.min_opacity)
     per["location_penalty"] = location_penalty(means, cfg.max_location)
