@@ -108,37 +108,54 @@ class PhaseTimer:
             setattr(owner, fn_name, orig)
 
 
+def profile_summary(prof, steps: int, top: int = 25) -> dict:
+    """The ``top`` CUDA kernels by device time and the ``top`` CPU ops by self host time, per step (ms)."""
+    ev = prof.key_averages()
+
+    def dev_ms(e) -> float:
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) / 1e3 / steps
+
+    kernels = sorted((e for e in ev if dev_ms(e) > 0), key=dev_ms, reverse=True)
+    cpu = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {
+        "device_ms_per_step_total": round(sum(dev_ms(e) for e in ev), 2),
+        "cpu_self_ms_per_step_total": round(sum(e.self_cpu_time_total for e in ev) / 1e3 / steps, 2),
+        "aten_ops_per_step": round(sum(e.count for e in ev if e.key.startswith("aten::")) / steps),
+        "top_device": [[e.key[:90], round(dev_ms(e), 3), e.count // steps] for e in kernels[:top]],
+        "top_cpu_self": [[e.key[:90], round(e.self_cpu_time_total / 1e3 / steps, 3), e.count // steps] for e in cpu[:top]],
+    }
+
+
 def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device,
-              breakdown: bool = False) -> dict:  # fmt: skip
+              breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
+    from zipsplat_ns.optim import AdamWOptimizerConfig
 
     rec = {"variant": variant, "scenes": B, "views": V, "context_images": B * V, "target_views_per_scene": 4,
-           "grad_checkpointing": grad_ckpt, "precision": "amp-bf16"}  # fmt: skip
+           "grad_checkpointing": grad_ckpt, "compile": compile_net, "precision": "amp-bf16"}  # fmt: skip
     model = None
     try:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(0)  # the same random weights (hence Gaussians, hence rasterization work) for every config
         cfg = ZipSplatModelConfig(variant=variant, precision="amp-bf16", grad_checkpointing=grad_ckpt, renderer="gsplat",
-                                  priors_probability=0.0, total_steps=450_000)  # fmt: skip
+                                  priors_probability=0.0, total_steps=450_000, compile=compile_net)  # fmt: skip
         model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
                           metadata={}, device=str(device)).to(device)  # fmt: skip
         model.train()
         groups = model.get_param_groups()
-        opts = {
-            "backbone": torch.optim.AdamW(groups["backbone"], lr=3e-5, betas=(0.9, 0.95), weight_decay=0.05),
-            "head": torch.optim.AdamW(groups["head"], lr=3e-4, betas=(0.9, 0.95), weight_decay=0.05),
-        }
+        # the recipe's optimizer configs (fused AdamW on CUDA), one per nerfstudio parameter group
+        opts = {"backbone": AdamWOptimizerConfig(lr=3e-5).setup(groups["backbone"]),
+                "head": AdamWOptimizerConfig(lr=3e-4).setup(groups["head"])}  # fmt: skip
+        rec["adamw_fused"] = all(bool(o.defaults.get("fused")) for o in opts.values())
         rec["trainable_params"] = sum(p.numel() for g in groups.values() for p in g)
         inputs, batch = make_batch(B, V, 4, device, seed=0)
         times, gaussians = [], []
         timer = PhaseTimer() if breakdown else None
-        for i in range(warmup + steps):
-            if timer is not None and i == warmup:
-                timer.ms.clear()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
+
+        def step(i: int):
             for o in opts.values():
                 o.zero_grad(set_to_none=True)
             model.update_to_step(i)
@@ -157,13 +174,34 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             for name, o in opts.items():  # nerfstudio clips per parameter group
                 torch.nn.utils.clip_grad_norm_(groups[name], 1.0)
                 o.step()
-            torch.cuda.synchronize()
             if timer is not None:
+                torch.cuda.synchronize()
                 timer.add("clip_and_adamw", time.perf_counter() - tb)
+            return out, loss
+
+        compile_s = 0.0
+        for i in range(warmup + steps):
+            if timer is not None and i == warmup:
+                timer.ms.clear()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out, loss = step(i)
+            torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            if i >= warmup:
+            if i < warmup:
+                compile_s += dt
+            else:
                 times.append(dt)
                 gaussians.append(int(out["means"].shape[1]) * B)
+        rec["warmup_s_total"] = round(compile_s, 1)
+        if profile_steps > 0 and timer is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for i in range(profile_steps):
+                    step(warmup + steps + i)
+                torch.cuda.synchronize()
+            rec["profile"] = profile_summary(prof, profile_steps)
         if timer is not None:
             timer.restore()
             rec["breakdown_ms_per_step"] = {k: round(sum(v) / steps, 1) for k, v in timer.ms.items()}
@@ -209,6 +247,14 @@ def main(argv=None) -> int:
     ap.add_argument("--lpips-weights", choices=["auto", "random"], default="auto",
                     help="'random': LPIPS-VGG with random VGG16 weights (same compute, for machines without the "
                          "ImageNet weights; timings are unaffected, loss values are not meaningful)")  # fmt: skip
+    ap.add_argument("--compile", nargs="+", choices=["eager", "compile"], default=["eager"],
+                    help="network execution: eager, and/or torch.compile'd blocks and head (the model's compile=True; "
+                         "compilation happens in the warm-up steps)")  # fmt: skip
+    ap.add_argument("--grad-ckpt", nargs="+", choices=["recipe", "on", "off"], default=["recipe"],
+                    help="activation checkpointing: the recipe's (on for small/base/large, the 24 GB recipe; off for "
+                         "giant), or forced on / off")  # fmt: skip
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--nn-autotune", action="store_true",
                     help="let triton.autotune pick the chamfer nearest-neighbour kernel's tile (ZIPSPLAT_NN_AUTOTUNE=1; "
                          "the tuning runs on the first step, a warm-up step)")  # fmt: skip
@@ -251,28 +297,47 @@ def main(argv=None) -> int:
     results, start = [], time.perf_counter()
     for variant in args.variants:
         for layout in args.layouts:
-            B, V = (int(x) for x in layout.split("x"))
-            if time.perf_counter() - start > args.time_budget_s:
-                results.append({"variant": variant, "scenes": B, "views": V, "ok": False, "error": "skipped (time budget)"})
-                continue
-            rec = bench_one(variant, B, V, args.steps, args.warmup, recipe_ckpt.get(variant, False), device,
-                            breakdown=args.breakdown)  # fmt: skip
-            print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail")}), flush=True)
-            results.append(rec)
+            for mode in args.compile:
+                for ck in args.grad_ckpt:
+                    B, V = (int(x) for x in layout.split("x"))
+                    grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
+                    if time.perf_counter() - start > args.time_budget_s:
+                        results.append({"variant": variant, "scenes": B, "views": V, "compile": mode == "compile",
+                                        "grad_checkpointing": grad_ckpt, "ok": False, "error": "skipped (time budget)"})
+                        continue
+                    rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,
+                                    compile_net=mode == "compile", profile_steps=args.profile_steps)  # fmt: skip
+                    rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
+                    print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
+                          flush=True)  # fmt: skip
+                    if "profile" in rec:
+                        pr = rec["profile"]
+                        print(f"  profile: device {pr['device_ms_per_step_total']} ms/step, cpu self "
+                              f"{pr['cpu_self_ms_per_step_total']} ms/step, {pr['aten_ops_per_step']} aten ops/step")
+                        for name, ms, n in pr["top_device"][:12]:
+                            print(f"    {ms:8.2f} ms x{n:<4d} {name}")
+                    if not rec.get("ok"):
+                        print(rec.get("detail", "")[-1500:], flush=True)
+                    results.append(rec)
     summary = {}
     for variant in args.variants:
         ok = [r for r in results if r.get("variant") == variant and r.get("ok")]
-        if ok:
-            best = min(ok, key=lambda r: r["ms_per_step_median"])
-            tgt = TARGETS.get(variant, {})
-            summary[variant] = {
-                "best_layout": f'{best["scenes"]}x{best["views"]}',
-                "images_per_s": best["images_per_s"],
-                "peak_memory_gb_max_over_layouts": max(r["peak_memory_gb"] for r in ok),
-                "meets_images_per_s_target": best["images_per_s"] >= tgt["images_per_s_min"] if tgt else None,
-                "meets_memory_target": (max(r["peak_memory_gb"] for r in ok) <= tgt["peak_memory_gb_max"])
-                if "peak_memory_gb_max" in tgt else None,
-            }  # fmt: skip
+        if not ok:
+            continue
+        tgt = TARGETS.get(variant, {})
+        per_cfg = {}
+        for r in ok:  # one entry per (compile, checkpointing) configuration: its best layout, its peak over layouts
+            key = f'{"compile" if r["compile"] else "eager"}, grad_ckpt={"on" if r["grad_checkpointing"] else "off"}'
+            e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0, "peak_memory_gb_max_over_layouts": 0.0,
+                                         "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
+            if r["images_per_s"] > e["images_per_s"]:
+                e.update(best_layout=f'{r["scenes"]}x{r["views"]}', images_per_s=r["images_per_s"])
+            e["peak_memory_gb_max_over_layouts"] = max(e["peak_memory_gb_max_over_layouts"], r["peak_memory_gb"])
+        for e in per_cfg.values():
+            e["meets_images_per_s_target"] = e["images_per_s"] >= tgt["images_per_s_min"] if tgt else None
+            e["meets_memory_target"] = (e["peak_memory_gb_max_over_layouts"] <= tgt["peak_memory_gb_max"]
+                                        if "peak_memory_gb_max" in tgt else None)  # fmt: skip
+        summary[variant] = per_cfg
     report = {
         "what": "full ZipSplat training step (forward + gsplat render + all losses + backward + AdamW), bf16 autocast, TF32",
         "device": torch.cuda.get_device_name(0),

@@ -253,3 +253,21 @@ def test_state_dict_keys_and_strict_loading(model):
     with pytest.raises(KeyError, match="missing"):
         other.load_state_dict(missing, strict=False)
     model.clear_scene()
+
+
+def test_compile_happens_at_the_first_training_step_only(monkeypatch):
+    """``compile=True`` compiles the network lazily at the first *training* forward (automatic dynamic shapes);
+    viewer / export / eval forwards before that stay eager."""
+    m = make_model(compile=True)
+    calls = []
+    monkeypatch.setattr(m.net, "compile", lambda **kw: calls.append(kw) or m.net)
+    inputs, batch = make_batch()
+    m.set_scene(inputs)  # viewer / export path
+    m.eval()
+    with torch.no_grad():
+        m(inputs)
+    assert calls == []
+    m.train()
+    m(inputs)
+    m(inputs)
+    assert calls == [{"dynamic": None}]

@@ -10,6 +10,8 @@ Methods (``ns-train <name>``):
   weight decay 0.05, clipping at 1.0, 5 % warm-up then cosine, 450k steps, 24 context images per GPU, bf16 autocast.
 - ``zipsplat-large`` / ``zipsplat-base`` / ``zipsplat-small``: the 24 GB-GPU recipe (same, with gradient
   checkpointing).
+- The GPU methods above compile the network's blocks at the first training step (``--pipeline.model.compile False``
+  runs eager; see benchmarks/bench_train.json for both).
 - ``zipsplat-tiny``: our CPU-sized network; 4 context images and 2 target views per step, targets supervised at half
   resolution, 300 steps. ``ns-train zipsplat-tiny --machine.device-type cpu`` trains on the built-in synthetic data.
 
@@ -113,22 +115,28 @@ def _recipe_data(**kw) -> ZipSplatDataManagerConfig:
 
 
 zipsplat_method = MethodSpecification(
-    config=_trainer("zipsplat", ZipSplatModelConfig(variant="giant"), _recipe_data()),
+    config=_trainer("zipsplat", ZipSplatModelConfig(variant="giant", compile=True), _recipe_data()),
     description="ZipSplat: feed-forward 3D Gaussians from a few unposed images (DA3-giant, released recipe).",
 )
 
 zipsplat_large_method = MethodSpecification(
-    config=_trainer("zipsplat-large", ZipSplatModelConfig(variant="large", grad_checkpointing=True), _recipe_data()),
+    config=_trainer(
+        "zipsplat-large", ZipSplatModelConfig(variant="large", grad_checkpointing=True, compile=True), _recipe_data()
+    ),
     description="ZipSplat with a DA3-large backbone (24 GB-GPU recipe, gradient checkpointing).",
 )
 
 zipsplat_base_method = MethodSpecification(
-    config=_trainer("zipsplat-base", ZipSplatModelConfig(variant="base", grad_checkpointing=True), _recipe_data()),
+    config=_trainer(
+        "zipsplat-base", ZipSplatModelConfig(variant="base", grad_checkpointing=True, compile=True), _recipe_data()
+    ),
     description="ZipSplat with a DA3-base backbone (24 GB-GPU recipe, gradient checkpointing).",
 )
 
 zipsplat_small_method = MethodSpecification(
-    config=_trainer("zipsplat-small", ZipSplatModelConfig(variant="small", grad_checkpointing=True), _recipe_data()),
+    config=_trainer(
+        "zipsplat-small", ZipSplatModelConfig(variant="small", grad_checkpointing=True, compile=True), _recipe_data()
+    ),
     description="ZipSplat with a DA3-small backbone (24 GB-GPU recipe, gradient checkpointing).",
 )
 

@@ -1,7 +1,8 @@
 """nerfstudio optimizer and scheduler configs of the ZipSplat recipe (reference §4.2).
 
 - :class:`AdamWOptimizerConfig`: AdamW, lr 3e-4, betas (0.9, 0.95), weight decay 0.05 on every parameter, gradient
-  clipping at global norm 1.0 (``max_norm``; nerfstudio clips each parameter group separately).
+  clipping at global norm 1.0 (``max_norm``; nerfstudio clips each parameter group separately); torch's fused
+  kernel on CUDA (one launch per step instead of several per parameter tensor).
 - :class:`WarmupCosineSchedulerConfig`: 5 % linear warm-up, then cosine to 0
   (:func:`zipsplat_ns.schedules.warmup_cosine`),
   as a ``LambdaLR`` stepped once per iteration. Its multipliers are plain Python floats, so the scheduler state in a
@@ -14,7 +15,7 @@ The backbone's 0.1x learning rate is a separate nerfstudio parameter group with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple, Type
+from typing import Optional, Tuple, Type
 
 import torch
 from nerfstudio.engine.optimizers import OptimizerConfig
@@ -37,6 +38,19 @@ class AdamWOptimizerConfig(OptimizerConfig):
     """Decoupled weight decay, applied to all trainable parameters (norms and biases included, as the reference)."""
     max_norm: float = 1.0
     """Gradient clipping (global L2 norm over the group's parameters)."""
+    fused: Optional[bool] = None
+    """torch's fused (single-kernel) AdamW: None = when every parameter is an fp32 CUDA tensor, else the default
+    (multi-tensor) implementation. Same update rule either way."""
+
+    def setup(self, params) -> Optimizer:
+        params = list(params)
+        fused = self.fused
+        if fused is None:
+            fused = bool(params) and all(p.is_cuda and p.dtype == torch.float32 for p in params)
+        kwargs = dict(lr=self.lr, eps=self.eps, betas=tuple(self.betas), weight_decay=self.weight_decay)
+        if fused:
+            kwargs["fused"] = True
+        return self._target(params, **kwargs)
 
 
 @dataclass

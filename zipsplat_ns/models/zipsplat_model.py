@@ -91,6 +91,11 @@ class ZipSplatModelConfig(ModelConfig):
     """Recompute the transformer blocks in the backward pass (the 24 GB recipe)."""
     use_xformers: Optional[bool] = None
     """Fused SwiGLU from xformers (None: when importable)."""
+    compile: bool = False
+    """torch.compile the network's transformer blocks and its Gaussian head at the first training step (speed and
+    memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
+    steps compile (about a minute on a GPU); after the first change of a shape its dimensions become dynamic, so the
+    view and compression schedules add few recompiles. Viewer, export and reconstruction without training stay eager."""
     sh_degree: int = 1
     """SH degree of the predicted colours (read by ns-export)."""
     gaussians_per_token: int = 32
@@ -99,6 +104,8 @@ class ZipSplatModelConfig(ModelConfig):
     """Background of training renders (the reference trains on black). The viewer uses its own picker."""
     renderer: Literal["auto", "gsplat", "torch"] = "auto"
     """Rasterizer: gsplat on CUDA, the pure-torch renderer elsewhere ('auto'), or forced."""
+    mask_render_chunk: int = 8
+    """Context views rendered per rasterizer call for the activated mask (fewer: lower peak memory, same mask)."""
     render_downscale: int = 1
     """Render and supervise the target views at 1/N of the input size in training (CPU demos; 1 = the recipe)."""
     loss: LossConfig = field(default_factory=LossConfig)
@@ -172,6 +179,7 @@ class ZipSplatModel(SplatfactoModel):
             sh_degree=cfg.sh_degree,
             gaussians_per_token=cfg.gaussians_per_token,
         )
+        self._compiled = False
         for name, p in self.net.named_parameters():
             full = "net." + name
             if full.startswith(FROZEN_PREFIXES) or full in FROZEN_NAMES:
@@ -270,6 +278,9 @@ class ZipSplatModel(SplatfactoModel):
             compression, priors, ds = float(cfg.eval_compression), False, 1
         cams = Camera(inputs["context_camera"]) if priors else None
         poses = Pose(inputs["context_pose"]) if priors else None
+        if self.training and cfg.compile and not self._compiled:
+            self.net.compile(dynamic=None)  # automatic dynamic shapes: view and token counts vary per batch
+            self._compiled = True
         pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=priors, compression=compression)
         g = pred.to_gaussians()
 
@@ -287,18 +298,25 @@ class ZipSplatModel(SplatfactoModel):
         want_mask = cfg.loss.detach_activated and cfg.loss.chamfer_weight > 0
         if want_mask and (has_depth is None or bool(has_depth.any())):
             with torch.no_grad():
-                ccam = Camera(inputs["context_camera"])
-                if ds > 1:
-                    ccam = ccam.scale(1.0 / ds)
-                crender = render(g.detach(), ccam, Pose(inputs["context_pose"]), mode="D", backend=backend)
+                mask_kw = dict(near=cfg.loss.activated_near, rel_tol=cfg.loss.activated_rel_tol,
+                               abs_tol=cfg.loss.activated_abs_tol)  # fmt: skip
                 trender_d = RenderOutput(
                     images=trender.images[..., 3:4, :, :].detach(), alphas=trender.alphas.detach(),
                     info={k: v.detach() for k, v in trender.info.items()}, mode="D",
                 )  # fmt: skip
-                activated = activated_mask(
-                    [crender, trender_d],
-                    near=cfg.loss.activated_near, rel_tol=cfg.loss.activated_rel_tol, abs_tol=cfg.loss.activated_abs_tol,
-                )  # fmt: skip
+                activated = activated_mask([trender_d], **mask_kw)
+                # context views in chunks: the mask is an OR over views, and the rasterizer's per-call buffers
+                # (tile intersections, their sort) grow with views x Gaussians, so chunks lower the peak memory
+                gd = g.detach()
+                step = max(1, int(cfg.mask_render_chunk))
+                for v0 in range(0, V, step):
+                    ccam = Camera(inputs["context_camera"][:, v0 : v0 + step])
+                    if ds > 1:
+                        ccam = ccam.scale(1.0 / ds)
+                    cpose = Pose(inputs["context_pose"][:, v0 : v0 + step])
+                    crender = render(gd, ccam, cpose, mode="D", backend=backend)
+                    activated |= activated_mask([crender], **mask_kw)
+                    del crender
 
         out: Dict[str, Any] = {
             "means": g.means,
@@ -359,6 +377,8 @@ class ZipSplatModel(SplatfactoModel):
             has_depth=has_depth,
             activated=outputs.get("activated"),
             config=self.config.loss,
+            # the reference computes its loss inside the bf16 autocast region, so its LPIPS-VGG convolutions run in bf16
+            lpips_autocast=self.net.config.precision == "amp-bf16",
         )
         total = terms.total
         finite = bool(torch.isfinite(total.detach()))

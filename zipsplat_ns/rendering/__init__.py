@@ -97,13 +97,16 @@ def render(
         )
     if tuple(poses.shape) != tuple(cameras.shape):
         raise ValueError(f"render: poses shape {tuple(poses.shape)} != cameras shape {tuple(cameras.shape)}")
-    size = cameras.size
-    w0, h0 = size[..., 0].flatten()[0], size[..., 1].flatten()[0]
-    if not torch.all(size[..., 0] == w0) or not torch.all(size[..., 1] == h0):
+    size = cameras.size.flatten(0, -2)  # (B*V, 2)
+    # every check in one device -> host read (one synchronisation for CUDA cameras)
+    w_max, w_min, h_max, h_min, frac = torch.stack(
+        [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(), (size - size.round()).abs().max()]
+    ).tolist()
+    if w_max != w_min or h_max != h_min:
         raise ValueError("render: all cameras in one call must share the same image size")
-    if (size - size.round()).abs().max() > 1e-3:
-        raise ValueError(f"render: image sizes must be whole pixels, got {size.flatten()[:2].tolist()}")
-    width, height = int(round(float(w0))), int(round(float(h0)))
+    if frac > 1e-3:
+        raise ValueError(f"render: image sizes must be whole pixels, got {size[0].tolist()}")
+    width, height = int(round(w_max)), int(round(h_max))
     max_deg = g.sh_degree
     deg = max_deg if sh_degree is None else int(sh_degree)
     if not 0 <= deg <= max_deg:
