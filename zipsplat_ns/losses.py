@@ -204,16 +204,14 @@ INVALID_POINT = 1e18
 finite and never the nearest while the sample has one valid point."""
 
 
-def gt_points_from_depth(
-    depths: Tensor, cameras: "Camera", poses: "Pose", generator: Optional[torch.Generator] = None
-) -> "tuple[Tensor, Tensor]":
+def gt_points_from_depth(depths: Tensor, cameras: "Camera", poses: "Pose") -> "tuple[Tensor, Tensor]":
     """GT points of every pixel per sample, pixels without depth moved far away; no host synchronisation.
 
     Returns ``points (B, V*H*W, 3)`` and ``counts (B,)`` (valid points; samples with 0 must be masked by the caller).
     The reference compacts the valid points and pads the lists to a common length by repeating random valid points;
     both keep every nearest distance exactly (a repeat or a point at :data:`INVALID_POINT` never changes a minimum
     over a non-empty valid set), and this form needs neither the compaction's data-dependent sizes nor a per-sample
-    loop. ``generator`` is accepted for API compatibility and unused.
+    loop.
     """
     d = _depth_bvhw(depths)
     pts = unproject_depth(d, cameras, poses).flatten(1, 3)  # (B, V*H*W, 3)
@@ -318,7 +316,6 @@ def compute_losses(
     activated: Optional[Tensor] = None,
     config: Optional[LossConfig] = None,
     lpips_fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-    generator: Optional[torch.Generator] = None,
     lpips_autocast: bool = False,
 ) -> LossTerms:
     """All ZipSplat loss terms for a batch.
@@ -337,8 +334,6 @@ def compute_losses(
         activated: ``(B, N)`` precomputed activated flags (overrides the renders).
         config: weights and constants (:class:`LossConfig`).
         lpips_fn: ``(N, 3, H, W) x2 -> (N,)`` LPIPS on [0, 1] inputs; default the cached LPIPS-VGG.
-        generator: unused (kept for API compatibility; GT point lists need no random padding, see
-            :func:`gt_points_from_depth`).
         lpips_autocast: evaluate LPIPS under bf16 autocast (its convolutions in bf16), as the reference's
             mixed-precision training does (its whole loss runs inside ``torch.autocast(bfloat16)``); the other terms
             stay fp32.
@@ -394,7 +389,7 @@ def compute_losses(
         if cfg.chamfer_weight:
             if target_cameras is None or target_poses is None:
                 raise ValueError("compute_losses: chamfer needs target_cameras and target_poses when depth is given")
-            points, counts = gt_points_from_depth(gdepth.float(), target_cameras, target_poses, generator)
+            points, counts = gt_points_from_depth(gdepth.float(), target_cameras, target_poses)
             src = means
             if cfg.detach_activated and act is not None:
                 src = torch.where(act.to(dev)[..., None], means.detach(), means)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call (H200): the training-speed benchmark (giant, small) and a short `ns-train zipsplat-small` run with
+# the recipe's torch.compile on synthetic data (the view schedule ramps 2 -> 24 views within 15 steps, so batch
+# layouts change nearly every step: the dynamic-shape path). Writes everything to $OUT. Run from the project root:
+#   source .gpu/setup.sh && bash scripts/gpu_train_speed.sh
+set -u
+export PYTHONUNBUFFERED=1
+: "${OUT:?set OUT}"
+t0=$(date +%s)
+left() { echo $(( ${BUDGET_S:-560} - ($(date +%s) - t0) )); }
+
+timeout 260 python scripts/bench_train.py --variants giant --layouts 4x6 1x24 --compile eager compile --steps 6 \
+  --warmup 3 --profile-steps 1 --lpips-weights random --time-budget-s 200 --output "$OUT/bench_train_giant.json" \
+  > "$OUT/bench_train_giant.log" 2>&1
+grep -v -i warn "$OUT/bench_train_giant.log" | grep -v "^ *_warn\|^ *warnings" | tail -n 25
+
+timeout 200 python scripts/bench_train.py --variants small --layouts 4x6 1x24 --compile eager compile \
+  --grad-ckpt on off --steps 6 --warmup 3 --lpips-weights random --time-budget-s 150 \
+  --output "$OUT/bench_train_small.json" > "$OUT/bench_train_small.log" 2>&1
+python - "$OUT/bench_train_small.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d["results"]:
+    print(r["variant"], f'{r["scenes"]}x{r["views"]}', "compile" if r.get("compile") else "eager",
+          "ckpt" if r.get("grad_checkpointing") else "no-ckpt", round(r.get("images_per_s", 0), 1), "img/s",
+          round(r.get("peak_memory_gb", 0), 2), "GB", r.get("error", ""))
+PY
+
+if [ "$(left)" -gt 90 ]; then
+  zipsplat-ns synth --output /tmp/syn --num-scenes 40 --views 32 --size 252 --num-workers 12 > /tmp/synth.log 2>&1
+  S=30
+  timeout $(( $(left) - 10 )) ns-train zipsplat-small --data /tmp/syn --output-dir /tmp/runs --experiment-name smoke \
+    --timestamp run --max-num-iterations $S --pipeline.model.total-steps $S \
+    --optimizers.backbone.scheduler.max-steps $S --optimizers.head.scheduler.max-steps $S \
+    --pipeline.model.loss.lpips-weight 0 --steps-per-save 1000 --steps-per-eval-batch 1000 \
+    --steps-per-eval-image 1000 --pipeline.datamanager.num-workers 4 > "$OUT/ns_train_compile.log" 2>&1
+  echo "ns-train exit: $?"
+  cp /tmp/runs/smoke/zipsplat-small/run/zipsplat_metrics.jsonl "$OUT/ns_train_compile_metrics.jsonl" 2>/dev/null
+  tail -n 5 "$OUT/ns_train_compile.log"
+else
+  echo "no time left for the ns-train run"
+fi
