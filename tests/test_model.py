@@ -271,3 +271,29 @@ def test_compile_happens_at_the_first_training_step_only(monkeypatch):
     m(inputs)
     m(inputs)
     assert calls == [{"dynamic": None}]
+
+
+def test_activated_mask_is_the_same_for_any_context_render_chunk():
+    """The context views are rendered for the mask in chunks of ``mask_render_chunk`` views (peak memory); the mask is
+    an OR over views, so the chunking cannot change it. It also matches the mask of the loss module's own function
+    over one render of all views."""
+    from zipsplat_ns.losses import activated_mask
+
+    inputs, batch = make_batch(B=2, Vc=3)
+    masks = []
+    for chunk in (1, 2, 8):
+        m = make_model(mask_render_chunk=chunk)
+        m.train()
+        out = m({**inputs, "has_depth": batch["has_depth"]})
+        masks.append(out["activated"])
+    assert masks[0].any() and not masks[0].all()  # a real mix of flags, not a trivial mask
+    assert torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])
+    # direct: one render of all 3 context views + the target render
+    m = make_model()
+    m.train()
+    out = m({**inputs, "has_depth": batch["has_depth"]})
+    g = m._gaussians_of(out).detach()
+    cr = render(g, Camera(inputs["context_camera"]).scale(1 / 3), Pose(inputs["context_pose"]), mode="D",
+                backend="torch")  # fmt: skip
+    direct = activated_mask([cr, m._target_render_of(out)])
+    assert torch.equal(direct, out["activated"])
