@@ -293,6 +293,47 @@ def main(argv=None) -> int:
     get_lpips_vgg(device)
     setup_s = time.perf_counter() - t0
 
+    def write_report() -> dict:
+        """Summary + report, written after every configuration (a killed run keeps what it measured)."""
+        summary = {}
+        for variant in args.variants:
+            ok = [r for r in results if r.get("variant") == variant and r.get("ok")]
+            if not ok:
+                continue
+            tgt = TARGETS.get(variant, {})
+            per_cfg = {}
+            for r in ok:  # one entry per (compile, checkpointing) configuration: its best layout, its peak over layouts
+                mode = "compile" if r["compile"] else "eager"
+                key = f'{mode}, grad_ckpt={"on" if r["grad_checkpointing"] else "off"}'
+                e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
+                                             "peak_memory_gb_max_over_layouts": 0.0,
+                                             "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
+                if r["images_per_s"] > e["images_per_s"]:
+                    e.update(best_layout=f'{r["scenes"]}x{r["views"]}', images_per_s=r["images_per_s"])
+                e["peak_memory_gb_max_over_layouts"] = max(e["peak_memory_gb_max_over_layouts"], r["peak_memory_gb"])
+            for e in per_cfg.values():
+                e["meets_images_per_s_target"] = e["images_per_s"] >= tgt["images_per_s_min"] if tgt else None
+                e["meets_memory_target"] = (e["peak_memory_gb_max_over_layouts"] <= tgt["peak_memory_gb_max"]
+                                            if "peak_memory_gb_max" in tgt else None)  # fmt: skip
+            summary[variant] = per_cfg
+        report = {
+            "what": "full ZipSplat training step (forward + gsplat render + all losses + backward + AdamW), "
+                    "bf16 autocast, TF32",
+            "device": torch.cuda.get_device_name(0),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "setup_s_gsplat_build_and_lpips": setup_s,
+            "lpips_weights": args.lpips_weights,
+            "nn_search_tile": kernel_tile(),
+            "reference_anchor": REFERENCE,
+            "targets": TARGETS,
+            "results": results,
+            "summary": summary,
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+        return summary
+
     recipe_ckpt = {"giant": False, "large": True, "base": True, "small": True, "tiny": False}
     results, start = [], time.perf_counter()
     for variant in args.variants:
@@ -319,40 +360,9 @@ def main(argv=None) -> int:
                     if not rec.get("ok"):
                         print(rec.get("detail", "")[-1500:], flush=True)
                     results.append(rec)
-    summary = {}
-    for variant in args.variants:
-        ok = [r for r in results if r.get("variant") == variant and r.get("ok")]
-        if not ok:
-            continue
-        tgt = TARGETS.get(variant, {})
-        per_cfg = {}
-        for r in ok:  # one entry per (compile, checkpointing) configuration: its best layout, its peak over layouts
-            key = f'{"compile" if r["compile"] else "eager"}, grad_ckpt={"on" if r["grad_checkpointing"] else "off"}'
-            e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0, "peak_memory_gb_max_over_layouts": 0.0,
-                                         "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
-            if r["images_per_s"] > e["images_per_s"]:
-                e.update(best_layout=f'{r["scenes"]}x{r["views"]}', images_per_s=r["images_per_s"])
-            e["peak_memory_gb_max_over_layouts"] = max(e["peak_memory_gb_max_over_layouts"], r["peak_memory_gb"])
-        for e in per_cfg.values():
-            e["meets_images_per_s_target"] = e["images_per_s"] >= tgt["images_per_s_min"] if tgt else None
-            e["meets_memory_target"] = (e["peak_memory_gb_max_over_layouts"] <= tgt["peak_memory_gb_max"]
-                                        if "peak_memory_gb_max" in tgt else None)  # fmt: skip
-        summary[variant] = per_cfg
-    report = {
-        "what": "full ZipSplat training step (forward + gsplat render + all losses + backward + AdamW), bf16 autocast, TF32",
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "setup_s_gsplat_build_and_lpips": setup_s,
-        "lpips_weights": args.lpips_weights,
-        "nn_search_tile": kernel_tile(),
-        "reference_anchor": REFERENCE,
-        "targets": TARGETS,
-        "results": results,
-        "summary": summary,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+                    write_report()
+    summary = write_report()
+
     print(json.dumps(summary, indent=2))
     return 0
 
