@@ -189,3 +189,28 @@ def test_viewer_during_training_shows_the_current_scene(env, tmp_path):
     assert not torch.equal(seen[0][1], seen[1][1])  # the weights changed in between: a new prediction
     assert pipe.viewer_num_gaussians.value == pipe.model.scene.num_gaussians
     trainer.viewer_state.viser_server.stop()
+
+
+@pytest.mark.slow
+def test_ns_train_with_compiled_network(env, tmp_path):
+    """`--pipeline.model.compile True` (the GPU recipes' default) through nerfstudio's own trainer: the network is
+    compiled at the first step (inductor on the CPU here), the view schedule changes the batch layout between steps
+    (dynamic shapes after the first change), and the run finishes with finite losses and a loadable checkpoint."""
+    steps = 4
+    out = tmp_path / "out"
+    res = run([ns_cli("ns-train"), "zipsplat-tiny", "--machine.device-type", "cpu", "--output-dir", str(out),
+               "--pipeline.model.compile", "True", "--max-num-iterations", str(steps),
+               "--pipeline.model.total-steps", str(steps), "--optimizers.backbone.scheduler.max-steps", str(steps),
+               "--optimizers.head.scheduler.max-steps", str(steps), "--pipeline.model.render-downscale", "3",
+               "--steps-per-eval-batch", "0", "--steps-per-eval-image", "0", "--steps-per-save", "100"],
+              env, timeout=900)  # fmt: skip
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    rd = run_dir(out)
+    rows = read_metrics(rd / "zipsplat_metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(steps))
+    assert all(r["loss_l1"] is not None and r["loss_l1"] > 0 for r in rows)
+    assert len({r["num_views"] for r in rows}) > 1  # the layout changed while compiled
+    (ckpt,) = (rd / "nerfstudio_models").iterdir()
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
+    assert any(k.startswith("_model.net.backbone.backbone.blocks.0.") for k in sd)  # compiling kept the keys
+    assert not any("_orig_mod" in k for k in sd)
