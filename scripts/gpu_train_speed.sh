@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-540} - ($(date +%s) - t0) )); }
 
-timeout 240 python scripts/bench_train.py --variants giant --layouts 4x6 1x24 --compile eager compile --steps 6 \
+timeout 240 python scripts/bench_train.py --variants giant --layouts 4x6 1x24 --compile compile eager --steps 6 \
   --warmup 3 --profile-steps 1 --lpips-weights random --time-budget-s 190 --output "$OUT/bench_train_giant.json" \
   > "$OUT/bench_train_giant.log" 2>&1
 grep -v -i warn "$OUT/bench_train_giant.log" | grep -v "^ *_warn\|^ *warnings" | tail -n 25
