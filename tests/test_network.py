@@ -525,3 +525,41 @@ def test_compiled_network_trains_like_the_eager_one() -> None:
                 continue
             scale = g0[name].abs().max().clamp_min(1e-6)
             assert ((g0[name] - g1[name]).abs().max() / scale) < 1e-3, name
+
+
+def test_fusion_sdpa_no_cudnn_restricts_only_the_fusion_attention(monkeypatch) -> None:
+    """``fusion_sdpa="no-cudnn"`` turns the cuDNN SDPA backend off inside the fusion stage's attention (and only
+    there), eager and compiled, and computes the same Gaussians."""
+    import copy
+
+    import zipsplat_ns.models.layers as layers_mod
+
+    torch.manual_seed(0)
+    ref = ZipSplat("tiny", image_size=28)
+    net = copy.deepcopy(ref).set_fusion_sdpa("no-cudnn")
+    seen = []
+    orig = layers_mod.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return orig(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(layers_mod.F, "scaled_dot_product_attention", spy)
+    x = torch.rand(1, 3, 3, 28, 28)
+    with torch.no_grad():
+        out = net.predict(x, compression=0.5)
+    n_backbone = len(net.backbone.backbone.blocks)
+    assert seen[:n_backbone] == [True] * n_backbone  # backbone: PyTorch's choice
+    assert seen[n_backbone:] == [False] * 7  # 3 cross + 3 self + colour cross-attention: cuDNN off
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards
+    monkeypatch.setattr(layers_mod.F, "scaled_dot_product_attention", orig)
+    with torch.no_grad():
+        expected = ref.predict(x, compression=0.5)
+        # compiled: at c = 1 (no k-means, whose discrete choices compiled rounding could flip)
+        expected_c1 = ref.predict(x, compression=1.0)
+        compiled = copy.deepcopy(net).compile(dynamic=None).predict(x, compression=1.0)
+    assert torch.equal(out.token_indices, expected.token_indices)
+    assert torch.allclose(out.means, expected.means, atol=1e-5)
+    assert torch.allclose(compiled.means, expected_c1.means, atol=1e-5)
+    with pytest.raises(ValueError, match="fusion_sdpa"):
+        net.set_fusion_sdpa("cudnn-only")

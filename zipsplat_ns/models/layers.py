@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zipsplat_ns.models.rope import apply_rope_2d_signed
 
@@ -26,6 +27,19 @@ except Exception:  # pragma: no cover - xformers is optional
     XFORMERS_AVAILABLE = False
 
 QK_NORM_EPS = 1e-5  # qk-norm is a default nn.LayerNorm(head_dim) in every attention module
+
+# SDPA backends without cuDNN: PyTorch's cuDNN attention builds an execution plan on the CPU for every new shape, which
+# dominates a step whose attention lengths are new (the fusion stage's token count changes with the per-batch
+# compression ratio in training). The flash / memory-efficient kernels need no per-shape plan. Same function.
+NO_CUDNN_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, backends: "tuple[SDPBackend, ...] | None") -> Tensor:
+    """``F.scaled_dot_product_attention`` (default scale), restricted to ``backends`` when given."""
+    if backends is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    with sdpa_kernel(list(backends)):
+        return F.scaled_dot_product_attention(q, k, v)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -154,6 +168,7 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.proj = Linear(dim, dim, bias=bias)
+        self.sdpa_backends: tuple[SDPBackend, ...] | None = None  # None: PyTorch's choice
 
     def forward(self, x: Float[Tensor, "B L D"], rope: RopeTables | None = None) -> Float[Tensor, "B L D"]:
         B, L, D = x.shape
@@ -163,7 +178,7 @@ class SelfAttention(nn.Module):
         k = _qk_norm_rope(k, self.k_norm, rope)
         # flash / cpu-flash SDPA take the strided (B, L, H, Dh)-major views directly; the output comes back as a
         # (B, H, L, Dh) view of a (B, L, H, Dh) tensor, so transpose + reshape below is free
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = _sdpa(q, k, v, self.sdpa_backends)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -181,6 +196,7 @@ class CrossAttention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.proj = Linear(dim, dim, bias=bias)
+        self.sdpa_backends: tuple[SDPBackend, ...] | None = None  # None: PyTorch's choice
 
     def forward(self, x: Float[Tensor, "B Lq D"], context: Float[Tensor, "B Lk D"]) -> Float[Tensor, "B Lq D"]:
         B, Lq, D = x.shape
@@ -190,7 +206,7 @@ class CrossAttention(nn.Module):
         k, v = kv.unbind(0)
         q = _qk_norm_rope(q, self.q_norm, None)
         k = _qk_norm_rope(k, self.k_norm, None)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = _sdpa(q, k, v, self.sdpa_backends)
         return self.proj(out.transpose(1, 2).reshape(B, Lq, D))
 
 

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from zipsplat_ns.models import kmeans as kmeans_lib
 from zipsplat_ns.models.backbone import BACKBONE_SPECS, PATCH_SIZE, BackboneSpec, DA3Encoder, PatchEmbed
 from zipsplat_ns.images import to_square
-from zipsplat_ns.models.layers import CrossAttentionBlock, Linear, Mlp, SelfAttentionBlock
+from zipsplat_ns.models.layers import NO_CUDNN_BACKENDS, CrossAttentionBlock, Linear, Mlp, SelfAttentionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
     from zipsplat_ns.camera import Camera
@@ -73,6 +73,10 @@ class ZipSplatConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     use_xformers: bool | None = None  # None: use the fused SwiGLU kernel iff xformers is importable
+    # attention kernels of the fusion stage (cross/self-attention over the selected tokens, colour cross-attention):
+    # "default" = PyTorch's choice; "no-cudnn" = flash / memory-efficient / math only, which need no per-shape plan
+    # (training: the token count changes with the per-batch compression ratio). The same function either way.
+    fusion_sdpa: Literal["default", "no-cudnn"] = "default"
 
     def backbone_spec(self) -> BackboneSpec:
         if self.variant not in BACKBONE_SPECS:
@@ -234,6 +238,7 @@ class ZipSplat(nn.Module):
             C, max(1, C // cfg.fuse_head_dim), 1.0, qk_norm=True, init_values=cfg.fuse_layer_scale, delta=False
         )
         self.gaussian_head = GaussianHead(D + C, cfg.gaussians_per_token, cfg.params_per_gaussian, cfg.head_hidden_ratio)
+        self.set_fusion_sdpa(cfg.fusion_sdpa)
 
         if weights is not None:
             self.load_weights(weights, allow_pickle=allow_pickle)
@@ -336,6 +341,16 @@ class ZipSplat(nn.Module):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'amp-bf16', got {precision!r}")
         self.config.precision = precision
         self._cast_trunk(torch.bfloat16 if precision == "bf16" else torch.float32, keep_master=keep_fp32_master)
+        return self
+
+    def set_fusion_sdpa(self, mode: str) -> "ZipSplat":
+        """Attention kernels of the fusion stage: ``"default"`` (PyTorch's choice) or ``"no-cudnn"`` (see the config)."""
+        if mode not in ("default", "no-cudnn"):
+            raise ValueError(f"fusion_sdpa must be 'default' or 'no-cudnn', got {mode!r}")
+        self.config.fusion_sdpa = mode
+        backends = NO_CUDNN_BACKENDS if mode == "no-cudnn" else None
+        for block in (*self.cross_attention, *self.self_attention, self.color_cross_attention):
+            block.attn.sdpa_backends = backends
         return self
 
     def set_grad_checkpointing(self, enabled: bool = True) -> "ZipSplat":

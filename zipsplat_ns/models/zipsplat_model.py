@@ -91,6 +91,10 @@ class ZipSplatModelConfig(ModelConfig):
     """Recompute the transformer blocks in the backward pass (the 24 GB recipe)."""
     use_xformers: Optional[bool] = None
     """Fused SwiGLU from xformers (None: when importable)."""
+    fusion_sdpa: Literal["default", "no-cudnn"] = "default"
+    """Attention kernels of the fusion stage: PyTorch's choice, or 'no-cudnn' (flash / memory-efficient only). cuDNN
+    attention builds a plan on the CPU for every new shape, and the fusion stage's token count changes with the
+    per-batch compression ratio (benchmarks/bench_train_compile/); the speed of 'no-cudnn' is not measured yet."""
     compile: bool = False
     """torch.compile the network's transformer blocks and its Gaussian head at the first training step (speed and
     memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
@@ -178,6 +182,7 @@ class ZipSplatModel(SplatfactoModel):
             use_xformers=cfg.use_xformers,
             sh_degree=cfg.sh_degree,
             gaussians_per_token=cfg.gaussians_per_token,
+            fusion_sdpa=cfg.fusion_sdpa,
         )
         self._compiled = False
         for name, p in self.net.named_parameters():
