@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call (H200): the training-speed benchmark (giant, small) and a short `ns-train zipsplat-small` run with
-# the recipe's torch.compile on synthetic data (the view schedule ramps 2 -> 24 views within 15 steps, so batch
+# torch.compile (--pipeline.model.compile True; small runs eager by default) on synthetic data (the view schedule ramps 2 -> 24 views within 15 steps, so batch
 # layouts change nearly every step: the dynamic-shape path). Writes everything to $OUT. Run from the project root:
 #   source .gpu/setup.sh && bash scripts/gpu_train_speed.sh
 set -u
@@ -33,7 +33,7 @@ if [ "$(left)" -gt 90 ]; then
   zipsplat-ns synth --output /tmp/syn --num-scenes 40 --views 32 --size 252 --num-workers 12 > /tmp/synth.log 2>&1
   S=30
   timeout $(( $(left) - 10 )) ns-train zipsplat-small --data /tmp/syn --output-dir /tmp/runs --experiment-name smoke \
-    --timestamp run --max-num-iterations $S --pipeline.model.total-steps $S \
+    --timestamp run --max-num-iterations $S --pipeline.model.total-steps $S --pipeline.model.compile True \
     --optimizers.backbone.scheduler.max-steps $S --optimizers.head.scheduler.max-steps $S \
     --pipeline.model.loss.lpips-weight 0 --steps-per-save 1000 --steps-per-eval-batch 1000 \
     --steps-per-eval-image 1000 --pipeline.datamanager.num-workers 4 > "$OUT/ns_train_compile.log" 2>&1

@@ -297,3 +297,5 @@ def test_activated_mask_is_the_same_for_any_context_render_chunk():
                 backend="torch")  # fmt: skip
     direct = activated_mask([cr, m._target_render_of(out)])
     assert torch.equal(direct, out["activated"])
+    with pytest.raises(ValueError, match="mask_render_chunk"):
+        make_model(mask_render_chunk=0)

@@ -11,7 +11,7 @@ Methods (``ns-train <name>``):
 - ``zipsplat-large`` / ``zipsplat-base`` / ``zipsplat-small``: the 24 GB-GPU recipe (same, with gradient
   checkpointing).
 - ``zipsplat`` compiles the network's blocks at the first training step (``--pipeline.model.compile False`` runs
-  eager): on an H200 the compiled giant step is 16 % faster and needs 46 instead of 67 GB
+  eager): on an H200 the compiled giant step is 16 % faster and needs 46 instead of 56 GB
   (benchmarks/bench_train_compile/). The smaller variants run eager by default (compiled small was ~10 % slower);
   ``--pipeline.model.compile True`` compiles them too.
 - ``zipsplat-tiny``: our CPU-sized network; 4 context images and 2 target views per step, targets supervised at half

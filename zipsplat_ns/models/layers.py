@@ -27,6 +27,7 @@ except Exception:  # pragma: no cover - xformers is optional
     XFORMERS_AVAILABLE = False
 
 QK_NORM_EPS = 1e-5  # qk-norm is a default nn.LayerNorm(head_dim) in every attention module
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 # SDPA backends without cuDNN: PyTorch's cuDNN attention builds an execution plan on the CPU for every new shape, which
 # dominates a step whose attention lengths are new (the fusion stage's token count changes with the per-batch
@@ -40,7 +41,6 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, backends: "tuple[SDPBackend, ...] | N
         return F.scaled_dot_product_attention(q, k, v)
     with sdpa_kernel(list(backends)):
         return F.scaled_dot_product_attention(q, k, v)
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class Linear(nn.Linear):

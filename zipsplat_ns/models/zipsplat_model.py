@@ -98,7 +98,7 @@ class ZipSplatModelConfig(ModelConfig):
     compile: bool = False
     """torch.compile the network's transformer blocks and its Gaussian head at the first training step (speed and
     memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
-    steps compile (about a minute on a GPU); after the first change of a shape its dimensions become dynamic, so the
+    steps compile (1-2 minutes on an H200); after the first change of a shape its dimensions become dynamic, so the
     view and compression schedules add few recompiles. Viewer, export and reconstruction without training stay eager."""
     sh_degree: int = 1
     """SH degree of the predicted colours (read by ns-export)."""
@@ -185,6 +185,8 @@ class ZipSplatModel(SplatfactoModel):
             fusion_sdpa=cfg.fusion_sdpa,
         )
         self._compiled = False
+        if int(cfg.mask_render_chunk) < 1:
+            raise ValueError(f"mask_render_chunk must be >= 1 (context views per render call), got {cfg.mask_render_chunk}")
         for name, p in self.net.named_parameters():
             full = "net." + name
             if full.startswith(FROZEN_PREFIXES) or full in FROZEN_NAMES:
@@ -313,7 +315,7 @@ class ZipSplatModel(SplatfactoModel):
                 # context views in chunks: the mask is an OR over views, and the rasterizer's per-call buffers
                 # (tile intersections, their sort) grow with views x Gaussians, so chunks lower the peak memory
                 gd = g.detach()
-                step = max(1, int(cfg.mask_render_chunk))
+                step = int(cfg.mask_render_chunk)
                 for v0 in range(0, V, step):
                     ccam = Camera(inputs["context_camera"][:, v0 : v0 + step])
                     if ds > 1:
@@ -321,7 +323,6 @@ class ZipSplatModel(SplatfactoModel):
                     cpose = Pose(inputs["context_pose"][:, v0 : v0 + step])
                     crender = render(gd, ccam, cpose, mode="D", backend=backend)
                     activated |= activated_mask([crender], **mask_kw)
-                    del crender
 
         out: Dict[str, Any] = {
             "means": g.means,
