@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -280,8 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grad-ckpt", nargs="+", choices=["recipe", "on", "off"], default=["recipe"],
                     help="activation checkpointing: the recipe's (on for small/base/large, the 24 GB recipe; off for "
                          "giant), or forced on / off")  # fmt: skip
-    ap.add_argument("--fusion-sdpa", choices=["default", "no-cudnn"], default="default",
-                    help="attention kernels of the fusion stage (the model's fusion_sdpa)")
+    ap.add_argument("--fusion-sdpa", nargs="+", choices=["default", "no-cudnn"], default=["default"],
+                    help="attention kernels of the fusion stage (the model's fusion_sdpa), one configuration each")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--nn-autotune", action="store_true",
@@ -334,6 +335,8 @@ def main(argv=None) -> int:
             for r in ok:  # one entry per (compile, checkpointing) configuration: its best layout, its peak over layouts
                 mode = "compile" if r["compile"] else "eager"
                 key = f'{mode}, grad_ckpt={"on" if r["grad_checkpointing"] else "off"}'
+                if r.get("fusion_sdpa", "default") != "default":
+                    key += f', fusion_sdpa={r["fusion_sdpa"]}'
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
                                              "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
@@ -368,30 +371,30 @@ def main(argv=None) -> int:
     results, start = [], time.perf_counter()
     for variant in args.variants:
         for layout in args.layouts:
-            for mode in args.compile:
-                for ck in args.grad_ckpt:
-                    B, V = (int(x) for x in layout.split("x"))
-                    grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
-                    if time.perf_counter() - start > args.time_budget_s:
-                        results.append({"variant": variant, "scenes": B, "views": V, "compile": mode == "compile",
-                                        "grad_checkpointing": grad_ckpt, "ok": False, "error": "skipped (time budget)"})
-                        continue
-                    rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,
-                                    compile_net=mode == "compile", profile_steps=args.profile_steps,
-                                    config_index=len(results), fusion_sdpa=args.fusion_sdpa)  # fmt: skip
-                    rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
-                    print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
-                          flush=True)  # fmt: skip
-                    if "profile" in rec:
-                        pr = rec["profile"]
-                        print(f"  profile: device {pr['device_ms_per_step_total']} ms/step, cpu self "
-                              f"{pr['cpu_self_ms_per_step_total']} ms/step, {pr['aten_ops_per_step']} aten ops/step")
-                        for name, ms, n in pr["top_device"][:12]:
-                            print(f"    {ms:8.2f} ms x{n:<4d} {name}")
-                    if not rec.get("ok"):
-                        print(rec.get("detail", "")[-1500:], flush=True)
-                    results.append(rec)
-                    write_report()
+            for mode, ck, fusion_sdpa in itertools.product(args.compile, args.grad_ckpt, args.fusion_sdpa):
+                B, V = (int(x) for x in layout.split("x"))
+                grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
+                if time.perf_counter() - start > args.time_budget_s:
+                    results.append({"variant": variant, "scenes": B, "views": V, "compile": mode == "compile",
+                                    "grad_checkpointing": grad_ckpt, "fusion_sdpa": fusion_sdpa, "ok": False,
+                                    "error": "skipped (time budget)"})
+                    continue
+                rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,
+                                compile_net=mode == "compile", profile_steps=args.profile_steps,
+                                config_index=len(results), fusion_sdpa=fusion_sdpa)  # fmt: skip
+                rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
+                print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
+                      flush=True)  # fmt: skip
+                if "profile" in rec:
+                    pr = rec["profile"]
+                    print(f"  profile: device {pr['device_ms_per_step_total']} ms/step, cpu self "
+                          f"{pr['cpu_self_ms_per_step_total']} ms/step, {pr['aten_ops_per_step']} aten ops/step")
+                    for name, ms, n in pr["top_device"][:12]:
+                        print(f"    {ms:8.2f} ms x{n:<4d} {name}")
+                if not rec.get("ok"):
+                    print(rec.get("detail", "")[-1500:], flush=True)
+                results.append(rec)
+                write_report()
     summary = write_report()
 
     print(json.dumps(summary, indent=2))

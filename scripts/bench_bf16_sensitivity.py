@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Where does the bf16 fast mode's error in the Gaussian means come from? (GPU, giant, random weights)
+
+For the weight draw of ``scripts/bench_inference.py`` (same seed, same inputs) and optional further draws, measures
+``||m - m_fp32|| / ||m_fp32||`` (the benchmark's metric, fp32 = TF32 off) when only one group of trunk matmul weights is
+stored in bf16 ("only G in bf16": G's own contribution) and when every group except G is ("all but G": what keeping G
+in fp32 buys). Groups are whole modules (patch embedding, quarters of the ViT's blocks, camera encoder, tap
+projections, fusion cross/self-attention), so every module sees one dtype; and the error of the same storage rule with
+fp16 instead of bf16. Also times the eager forward of each
+"all but G" variant at ``--time-views`` (median of ``--runs``), since keeping a group in fp32 costs speed.
+
+    python scripts/bench_bf16_sensitivity.py --output $OUT/bench_bf16_sensitivity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zipsplat_ns.models.network import ZipSplat  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def groups_of(model: ZipSplat) -> dict[str, list[str]]:
+    """Trunk matmul parameter names by group (every name in exactly one group)."""
+    names = list(model.matmul_parameters())
+    depth = len(model.backbone.backbone.blocks)
+    q = max(depth // 4, 1)
+    groups: dict[str, list[str]] = {}
+
+    def key(n: str) -> str:
+        if ".patch_embed." in n:
+            return "patch_embed"
+        if n.startswith("backbone.backbone.blocks."):
+            i = int(n.split(".")[3])
+            lo = (i // q) * q
+            return f"vit_blocks_{lo}-{min(lo + q, depth) - 1}"
+        if n.startswith("backbone.cam_enc."):
+            return "camera_encoder"
+        if n.startswith("downscale."):
+            return "tap_downscale"
+        if n.startswith("cross_attention."):
+            return "fusion_cross_attention"
+        if n.startswith("self_attention."):
+            return "fusion_self_attention"
+        return "other"
+
+    for n in names:
+        groups.setdefault(key(n), []).append(n)
+    return groups
+
+
+@torch.no_grad()
+def set_bf16(model: ZipSplat, master: dict[str, torch.Tensor], bf16_names: set[str],
+             dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
+    """Store exactly ``bf16_names`` in ``dtype`` (from the fp32 master copy), every other trunk weight in fp32."""
+    model.config.precision = "bf16" if bf16_names else "fp32"
+    for name, p in model.matmul_parameters().items():
+        src = master[name]
+        p.data = src.to(dtype) if name in bf16_names else src.clone()
+
+
+def rel_err(m: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((m.double() - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def time_forward(model: ZipSplat, x: torch.Tensor, runs: int) -> float:
+    for _ in range(3):
+        model.predict(x)
+    ts = []
+    for _ in range(runs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        model.predict(x)
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", type=Path, default=Path("bench_bf16_sensitivity.json"))
+    ap.add_argument("--variant", default="giant")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                    help="weight draws; seed 0 with bench_inference.py's input sequence is the benchmark's draw")
+    ap.add_argument("--views", type=int, nargs="+", default=[2, 6])
+    ap.add_argument("--time-views", type=int, nargs="*", default=[6, 24])
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_bf16_sensitivity.py needs a CUDA GPU")
+    dev = torch.device("cuda")
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    t0 = time.time()
+    rows, timings = [], []
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        with torch.device(dev):
+            model = ZipSplat(args.variant).eval()
+        # bench_inference.py's inputs: one generator (seed + 1) drawing V = 2, 6, 12, 24, 64 in that order
+        g = torch.Generator(device=dev).manual_seed(seed + 1)
+        bench_views = [2, 6, 12, 24, 64]
+        inputs = {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in bench_views}
+        for v in set(args.views) | set(args.time_views):
+            if v not in inputs:
+                inputs[v] = torch.rand(1, v, 3, 252, 252, device=dev, generator=g)
+        master = {n: p.detach().clone() for n, p in model.matmul_parameters().items()}
+        groups = groups_of(model)
+        every = set(master)
+        log(f"seed {seed}: groups " + ", ".join(f"{k} ({len(v)})" for k, v in groups.items()))
+        with torch.inference_mode():
+            for v in args.views:
+                x = inputs[v]
+                set_bf16(model, master, set())
+                ref = model.predict(x).means.double()
+                set_bf16(model, master, every)
+                full = rel_err(model.predict(x).means, ref)
+                # for comparison: the same storage rule with fp16 (10 mantissa bits against bf16's 7)
+                set_bf16(model, master, every, torch.float16)
+                m16 = model.predict(x).means
+                fp16 = rel_err(m16, ref) if bool(torch.isfinite(m16).all()) else "non-finite"
+                row = {"seed": seed, "views": v, "all_bf16": full, "all_fp16": fp16, "only_group_bf16": {},
+                       "all_but_group_bf16": {}}
+                for name, members in groups.items():
+                    for label, names in (("only_group_bf16", set(members)), ("all_but_group_bf16", every - set(members))):
+                        try:
+                            set_bf16(model, master, names)
+                            row[label][name] = rel_err(model.predict(x).means, ref)
+                        except Exception as e:  # noqa: BLE001 - a dtype mix that a module cannot take is recorded
+                            row[label][name] = f"{type(e).__name__}: {e}"[:200]
+                rows.append(row)
+                log(f"seed {seed} V={v}: all bf16 {full:.2e}, all fp16 {fp16}; only G: "
+                    + ", ".join(f"{k} {e:.1e}" if isinstance(e, float) else f"{k} ERR" for k, e in row["only_group_bf16"].items()))
+                log("   all but G: " + ", ".join(f"{k} {e:.1e}" if isinstance(e, float) else f"{k} ERR"
+                                             for k, e in row["all_but_group_bf16"].items()))  # fmt: skip
+            if seed == args.seeds[0]:
+                for v in args.time_views:
+                    set_bf16(model, master, every, torch.float16)
+                    timings.append({"views": v, "fp32_group": "none (all fp16)",
+                                    "eager_median_ms": time_forward(model, inputs[v], args.runs)})
+                    log(f"V={v} all fp16: {timings[-1]['eager_median_ms']} ms")
+                    for name, members in [("none (all bf16)", [])] + list(groups.items()):
+                        set_bf16(model, master, every - set(members))
+                        try:
+                            ms = time_forward(model, inputs[v], args.runs)
+                        except Exception as e:  # noqa: BLE001
+                            ms = f"{type(e).__name__}"
+                        timings.append({"views": v, "fp32_group": name, "eager_median_ms": ms})
+                        log(f"V={v} fp32 {name}: {ms} ms")
+        del model, master
+        torch.cuda.empty_cache()
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({
+            "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
+            "variant": args.variant, "metric": "||m - m_fp32|| / ||m_fp32|| (fp32: TF32 off), eager",
+            "rows": rows, "timings_all_but_group_bf16": timings, "elapsed_s": time.time() - t0}, indent=1))  # fmt: skip
+    log(f"done in {time.time() - t0:.0f}s -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
