@@ -9,10 +9,13 @@ memory and the Gaussian count, in three modes:
 * ``tf32``  fp32 weights with TF32 matmuls (``torch.set_float32_matmul_precision("high")``);
 * ``bf16``  our fast mode (trunk matmul weights stored in bf16, inputs cast right before each matmul; residual
   streams, LayerNorms, LayerScale, RoPE, colour branch, head and activations in fp32);
-* ``bf16+compile`` (with ``--compile``) the same with every block ``torch.compile``'d (``--compile-mode``); timed only
-  after the warm-up runs (which compile); a compilation failure is recorded in the JSON, not fatal.
+* ``fp16``  the same storage rule with fp16 weights (opt-in mode: 10 mantissa bits against bf16's 7, range 65504);
+* ``bf16+compile`` / ``fp16+compile`` (with ``--compile``) the same with every block ``torch.compile``'d
+  (``--compile-mode``); timed only after the warm-up runs (which compile); a compilation failure is recorded in the
+  JSON, not fatal.
 
-The target checks (``bf16_best_*``) use the fastest bf16 mode measured per V; every mode is still listed.
+The target checks (``bf16_best_*``) use the fastest bf16 mode measured per V; every mode is still listed, and the
+same checks are reported for fp16 (``fp16_best_*``) against the same goals.
 
 It also checks that bf16 means are within 1e-2 relative (``||m_bf16 - m_fp32|| / ||m_fp32||``) of the fp32 means
 on the same inputs, and writes everything to ``--output`` (JSON) beside the reference numbers (reference doc §10.3
@@ -49,6 +52,7 @@ REFERENCE_MS = {
 }
 REFERENCE_PEAK_MEM_GB_FP32 = "5.6-8.3"
 TARGETS = {"bf16_ms": {6: 30.0, 24: 70.0}, "bf16_means_rel_err": 1e-2}
+LOW = ("bf16", "fp16")  # reduced-precision storage modes (``ZipSplat.set_precision``)
 
 
 def log(msg: str) -> None:
@@ -106,7 +110,7 @@ def main() -> None:
     ap.add_argument("--variant", default="giant")
     ap.add_argument("--views", type=int, nargs="+", default=[2, 6, 12, 24])
     ap.add_argument("--memory-views", type=int, nargs="*", default=[64], help="large V (fewer timed runs)")
-    ap.add_argument("--modes", nargs="+", default=["fp32", "tf32", "bf16"], choices=["fp32", "tf32", "bf16"])
+    ap.add_argument("--modes", nargs="+", default=["fp32", "tf32", "bf16"], choices=["fp32", "tf32", "bf16", "fp16"])
     ap.add_argument("--device", default="cuda", help="'cpu' only for a smoke test of this script (e.g. --variant tiny)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--memory-runs", type=int, default=3)
@@ -144,29 +148,33 @@ def main() -> None:
     accuracy: dict[str, dict] = {}
 
     # fp32 and tf32 first (fp32 weights), then cast the trunk to bf16 in place (no second copy of the weights)
-    order = [m for m in ("fp32", "tf32", "bf16") if m in args.modes]
-    if "bf16" in order and "fp32" not in order:
+    order = [m for m in ("fp32", "tf32", "bf16", "fp16") if m in args.modes]
+    if any(m in LOW for m in order) and "fp32" not in order:
         order.insert(0, "fp32")  # the accuracy check needs fp32 means
     if args.compile:
-        order.append("bf16+compile")
+        order += [f"{m}+compile" for m in LOW if m in order]
     compile_error = None
+    compiled = False
     for mode in order:
         set_tf32(mode == "tf32")
         views = all_views
-        if mode == "bf16":
-            model.set_precision("bf16")
-        if mode == "bf16+compile":
+        if mode in LOW:
+            model.set_precision(mode)  # from the fp32 originals (kept on the CPU by the first cast)
+        if mode.endswith("+compile"):
             log(f"torch.compile of the blocks (mode={args.compile_mode}; the warm-up of each new V compiles) ...")
             views = [(v, args.runs) for v in args.views]
             try:
-                model.set_precision("bf16").compile(mode=args.compile_mode)
+                model.set_precision(mode.split("+")[0])
+                if not compiled:
+                    model.compile(mode=args.compile_mode)  # in place; a new dtype recompiles on its first call
+                    compiled = True
             except Exception as e:  # record, keep the eager results
                 compile_error = f"{type(e).__name__}: {e}"
                 log(f"compile failed: {compile_error}")
                 results.append({"mode": mode, "status": "error", "error": compile_error, "views": None})
                 _write(args, results, accuracy, n_params, t0, dev)
                 continue
-        warmup = max(args.warmup, 5) if mode == "bf16+compile" else args.warmup  # first calls compile
+        warmup = max(args.warmup, 5) if mode.endswith("+compile") else args.warmup  # first calls compile
         for v, runs in views:
             rec = {"mode": mode, "views": v, "compression": args.compression,
                    "expected_gaussians": count_gaussians(v, args.compression)}  # fmt: skip
@@ -176,7 +184,7 @@ def main() -> None:
                 rec.update(r, status="ok")
                 if mode == "fp32":
                     fp32_means[v] = means
-                elif mode.startswith("bf16") and v in fp32_means:
+                elif mode.split("+")[0] in LOW and v in fp32_means:
                     ref = fp32_means[v]
                     rel = means_rel_err(means, ref)
                     max_abs = float((means - ref).abs().max())
@@ -189,14 +197,14 @@ def main() -> None:
                         "pass": rel <= TARGETS["bf16_means_rel_err"],
                     }  # fmt: skip
                     rec["means_rel_err_vs_fp32"] = rel
-                ref_key = "bf16-autocast" if mode.startswith("bf16") else mode
+                ref_key = "bf16-autocast" if mode.split("+")[0] in LOW else mode  # the reference's fast mode
                 ref_ms = REFERENCE_MS[ref_key].get(v)
                 rec["reference_ms"] = ref_ms
                 rec["speedup_vs_reference"] = ref_ms / rec["median_ms"] if ref_ms else None
                 rec["count_ok"] = rec["num_gaussians"] == rec["expected_gaussians"]
                 log(f"{mode:12s} V={v:3d}: {rec['median_ms']:8.1f} ms (ref {ref_ms}), peak {rec['peak_mem_gb'] or 0:.2f} GB, "
                     f"{rec['num_gaussians']:,} Gaussians" + (f", rel err {rec.get('means_rel_err_vs_fp32', 0):.2e}"
-                                                            if mode.startswith("bf16") else ""))  # fmt: skip
+                                                            if mode.split("+")[0] in LOW else ""))  # fmt: skip
             except torch.OutOfMemoryError as e:
                 rec.update(status="oom", error=str(e).splitlines()[0])
                 log(f"{mode:12s} V={v:3d}: OOM")
@@ -228,7 +236,8 @@ def means_rel_err(means: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
-    """bf16-vs-fp32 means error of further random draws of the weights (eager, no timing)."""
+    """bf16 (and fp16, when in ``--modes``) vs fp32 means error of further random draws of the weights (eager, no
+    timing)."""
     rows = []
     for k in range(1, args.accuracy_draws + 1):
         seed = args.seed + k
@@ -241,11 +250,12 @@ def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
             with torch.inference_mode():
                 model.set_precision("fp32")
                 ref = model.predict(x).means.double()
-                model.set_precision("bf16")
-                m = model.predict(x).means.double()
-            rel = means_rel_err(m, ref)
-            rows.append({"seed": seed, "views": v, "means_rel_err": rel})
-            log(f"draw seed {seed} V={v}: bf16 means rel err {rel:.2e}")
+                for mode in [m for m in LOW if m == "bf16" or m in args.modes]:
+                    model.set_precision(mode)
+                    rel = means_rel_err(model.predict(x).means.double(), ref)
+                    row = {"seed": seed, "views": v, "means_rel_err": rel}
+                    rows.append(row if mode == "bf16" else {**row, "mode": mode})
+                    log(f"draw seed {seed} V={v}: {mode} means rel err {rel:.2e}")
         del model
         gc.collect()
         if dev.type == "cuda":
@@ -265,24 +275,28 @@ def _write(args, results, accuracy, n_params, t0, dev, draws: list[dict] | None 
         f = ms("fp32", v)
         if f is not None and v in REFERENCE_MS["fp32"]:
             checks[f"fp32_V{v}_not_slower_than_reference"] = f <= REFERENCE_MS["fp32"][v]
-    bf16_modes = [m for m in ("bf16", "bf16+compile") if any(r["mode"] == m for r in results)]
     per_mode: dict[str, dict] = {}
-    best: dict[str, dict] = {}
-    for v in sorted({r["views"] for r in results if r.get("views") is not None}):
-        timed = {m: ms(m, v) for m in bf16_modes}
-        timed = {m: t for m, t in timed.items() if t is not None}
-        for m, t in timed.items():
-            per_mode.setdefault(m, {})[f"V{v}_ms"] = t
-        if timed:
-            m_best = min(timed, key=timed.get)
-            best[f"V{v}"] = {"mode": m_best, "median_ms": timed[m_best],
-                             "means_rel_err": accuracy.get(f"{m_best}_V{v}", {}).get("means_rel_err")}  # fmt: skip
-    for v, lim in TARGETS["bf16_ms"].items():
-        if f"V{v}" in best:
-            checks[f"bf16_best_V{v}_le_{lim:g}ms"] = best[f"V{v}"]["median_ms"] <= lim
-    for v, b in best.items():
-        if b["means_rel_err"] is not None:
-            checks[f"bf16_best_{v}_means_rel_err_le_1e-2"] = b["means_rel_err"] <= TARGETS["bf16_means_rel_err"]
+    best_by_family: dict[str, dict[str, dict]] = {}
+    for fam in LOW:  # bf16 (the goal's mode) and fp16 (opt-in), each: its fastest variant per V against the goals
+        fam_modes = [m for m in (fam, f"{fam}+compile") if any(r["mode"] == m for r in results)]
+        best: dict[str, dict] = {}
+        for v in sorted({r["views"] for r in results if r.get("views") is not None}):
+            timed = {m: ms(m, v) for m in fam_modes}
+            timed = {m: t for m, t in timed.items() if t is not None}
+            for m, t in timed.items():
+                per_mode.setdefault(m, {})[f"V{v}_ms"] = t
+            if timed:
+                m_best = min(timed, key=timed.get)
+                best[f"V{v}"] = {"mode": m_best, "median_ms": timed[m_best],
+                                 "means_rel_err": accuracy.get(f"{m_best}_V{v}", {}).get("means_rel_err")}  # fmt: skip
+        for v, lim in TARGETS["bf16_ms"].items():
+            if f"V{v}" in best:
+                checks[f"{fam}_best_V{v}_le_{lim:g}ms"] = best[f"V{v}"]["median_ms"] <= lim
+        for v, b in best.items():
+            if b["means_rel_err"] is not None:
+                checks[f"{fam}_best_{v}_means_rel_err_le_1e-2"] = b["means_rel_err"] <= TARGETS["bf16_means_rel_err"]
+        if best:
+            best_by_family[fam] = best
     summary = {
         "device": _device_name(dev),
         "torch": torch.__version__,
@@ -294,9 +308,10 @@ def _write(args, results, accuracy, n_params, t0, dev, draws: list[dict] | None 
         "compile_mode": args.compile_mode,
         "timing": f"median of runs (CUDA events) after {args.warmup} warm-up runs, inference_mode, B=1, 252 px",
         "results": results,
-        "bf16_accuracy": accuracy,  # every bf16 mode and V
-        "bf16_per_mode_ms": per_mode,  # every bf16 mode (median ms per V)
-        "bf16_best": best,  # fastest bf16 mode per V (used by the target checks)
+        "bf16_accuracy": accuracy,  # every reduced-precision mode and V (bf16 and fp16 keys)
+        "bf16_per_mode_ms": per_mode,  # every reduced-precision mode (median ms per V)
+        "bf16_best": best_by_family.get("bf16", {}),  # fastest bf16 mode per V (used by the target checks)
+        "fp16_best": best_by_family.get("fp16", {}),
         "reference": {
             "ms": REFERENCE_MS,
             "peak_mem_gb_fp32": REFERENCE_PEAK_MEM_GB_FP32,
@@ -308,12 +323,16 @@ def _write(args, results, accuracy, n_params, t0, dev, draws: list[dict] | None 
         "elapsed_s": time.time() - t0,
     }
     if draws:
-        errs = sorted(r["means_rel_err"] for r in draws)
-        summary["bf16_accuracy_over_draws"] = {
-            "draws": draws, "median": statistics.median(errs), "max": errs[-1],
-            "note": "eager bf16 vs fp32 means, weights drawn on the device with seeds seed+1..seed+K",
-        }  # fmt: skip
-        checks["bf16_means_rel_err_le_1e-2_every_draw"] = errs[-1] <= TARGETS["bf16_means_rel_err"]
+        for fam in LOW:
+            rows = [r for r in draws if r.get("mode", "bf16") == fam]
+            if not rows:
+                continue
+            errs = sorted(r["means_rel_err"] for r in rows)
+            summary[f"{fam}_accuracy_over_draws"] = {
+                "draws": rows, "median": statistics.median(errs), "max": errs[-1],
+                "note": f"eager {fam} vs fp32 means, weights drawn on the device with seeds seed+1..seed+K",
+            }  # fmt: skip
+            checks[f"{fam}_means_rel_err_le_1e-2_every_draw"] = errs[-1] <= TARGETS["bf16_means_rel_err"]
     args.output.write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -281,7 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grad-ckpt", nargs="+", choices=["recipe", "on", "off"], default=["recipe"],
                     help="activation checkpointing: the recipe's (on for small/base/large, the 24 GB recipe; off for "
                          "giant), or forced on / off")  # fmt: skip
-    ap.add_argument("--fusion-sdpa", nargs="+", choices=["default", "no-cudnn"], default=["default"],
+    ap.add_argument("--fusion-sdpa", nargs="+", choices=["default", "no-cudnn"], default=["no-cudnn"],
                     help="attention kernels of the fusion stage (the model's fusion_sdpa), one configuration each")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")

@@ -108,8 +108,8 @@ def _fp32(net: torch.nn.Module):
     """Run ``net`` in fp32 (the protocol): an ``amp-bf16`` ZipSplat is switched to plain fp32 for the duration."""
     cfg = getattr(net, "config", None)
     prec = getattr(cfg, "precision", "fp32")
-    if prec == "bf16":
-        logger.warning("the network stores bf16 weights: the evaluation is not fp32 as the protocol asks")
+    if prec in ("bf16", "fp16"):
+        logger.warning(f"the network stores {prec} weights: the evaluation is not fp32 as the protocol asks")
     if prec == "amp-bf16":
         net.config = dataclasses.replace(cfg, precision="fp32")
     try:

@@ -31,7 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
 IMAGE_SIZE = 252  # native resolution: 18 x 18 patches of 14 px
 TOKENS_PER_VIEW = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 324
 
-Precision = Literal["fp32", "bf16", "amp-bf16"]
+Precision = Literal["fp32", "bf16", "fp16", "amp-bf16"]
+PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16")
+# storage dtype of the trunk's matmul weights per precision mode (every other mode keeps them in fp32)
+_TRUNK_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -45,6 +48,9 @@ class ZipSplatConfig:
         preparation and fusion are *stored* in bf16 and their inputs are cast to bf16 right before each matmul (the
         numerics of autocast, without per-call weight casts); the residual streams, every LayerNorm (incl. qk-norm),
         LayerScale, RoPE, the colour branch, the Gaussian head and the activations stay fp32. Not for training.
+      * ``"fp16"``: the same with fp16 storage (10 mantissa bits against bf16's 7): the same speed on tensor-core
+        GPUs and about 10x smaller error (benchmarks/bench_bf16_sensitivity.json), but a 65504 range: weights whose
+        activations overflow it give non-finite outputs, which raise an error that says to use ``"bf16"``. Opt-in.
       * ``"amp-bf16"``: fp32 weights, bf16 autocast around backbone + fusion (for mixed-precision training).
     """
 
@@ -211,8 +217,8 @@ class ZipSplat(nn.Module):
         if bad:
             raise TypeError(f"unknown ZipSplat option(s) {sorted(bad)}; valid: {sorted(valid)}")
         cfg = replace(config or ZipSplatConfig(), variant=variant, **overrides)
-        if cfg.precision not in ("fp32", "bf16", "amp-bf16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'amp-bf16', got {cfg.precision!r}")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
         spec = cfg.backbone_spec()
         self.config = cfg
         self.spec = spec
@@ -248,8 +254,8 @@ class ZipSplat(nn.Module):
             if cfg.backbone_weights is not None:
                 self.load_backbone_weights(cfg.backbone_weights, allow_pickle=allow_pickle)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
-        if cfg.precision == "bf16":
-            self._cast_trunk(torch.bfloat16)
+        if cfg.precision in _TRUNK_DTYPE:
+            self._cast_trunk(_TRUNK_DTYPE[cfg.precision])
         if cfg.compile:
             self.compile()
 
@@ -312,12 +318,11 @@ class ZipSplat(nn.Module):
         for name, p in params.items():
             if p.dtype == dtype:
                 continue
-            if dtype == torch.float32 and name in self._fp32_master:
-                p.data = self._fp32_master[name].to(device=p.device, dtype=torch.float32)
-                continue
-            if keep_master and p.dtype == torch.float32 and dtype != torch.float32:
+            master = self._fp32_master.get(name)
+            if master is None and keep_master and p.dtype == torch.float32 and dtype != torch.float32:
                 self._fp32_master[name] = p.detach().to("cpu", copy=True)
-            p.data = p.data.to(dtype)
+            # from the fp32 originals when there are any: bf16 -> fp16 must not keep bf16's rounding
+            p.data = (master if master is not None else p.data).to(device=p.device, dtype=dtype)
         if dtype == torch.float32:
             self._fp32_master.clear()
 
@@ -330,17 +335,17 @@ class ZipSplat(nn.Module):
                 self._fp32_master[name] = v.detach().to("cpu", torch.float32, copy=True)
 
     def set_precision(self, precision: Precision, *, keep_fp32_master: bool = True) -> "ZipSplat":
-        """Switch precision mode in place (casts the stored trunk matmul weights to bf16 for ``"bf16"``, back to fp32
-        otherwise).
+        """Switch precision mode in place (casts the stored trunk matmul weights to bf16 for ``"bf16"``, fp16 for
+        ``"fp16"``, back to fp32 otherwise).
 
-        Going to ``"bf16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the state dict) so
+        Going to ``"bf16"`` / ``"fp16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the state dict) so
         that switching back restores the exact fp32 weights; without it (or if weights were written in place while in
         bf16 other than through ``load_state_dict``) switching back only up-casts the bf16-rounded values.
         """
-        if precision not in ("fp32", "bf16", "amp-bf16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'amp-bf16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.config.precision = precision
-        self._cast_trunk(torch.bfloat16 if precision == "bf16" else torch.float32, keep_master=keep_fp32_master)
+        self._cast_trunk(_TRUNK_DTYPE.get(precision, torch.float32), keep_master=keep_fp32_master)
         return self
 
     def set_fusion_sdpa(self, mode: str) -> "ZipSplat":
@@ -523,6 +528,11 @@ class ZipSplat(nn.Module):
         color_tokens = self.color_embed(images.flatten(0, 1).float()).reshape(B, -1, self.config.color_dim)
         color_feats = self.color_cross_attention(gather(color_tokens), color_tokens)
         raw = self.gaussian_head(torch.cat([scene.float(), color_feats.float()], -1))
+        if self.config.precision == "fp16" and not bool(torch.isfinite(raw).all()):
+            raise FloatingPointError(
+                "precision='fp16': the network's output is not finite (an activation exceeded fp16's range of 65504 "
+                "with these weights); use precision='bf16' (same speed, bf16's range) or 'fp32'"
+            )
         act = activate_gaussians(raw, self.config.sh_degree)
         return ZipSplatOutput(**act, raw=raw, token_indices=idx, num_views=V)
 

@@ -91,10 +91,12 @@ class ZipSplatModelConfig(ModelConfig):
     """Recompute the transformer blocks in the backward pass (the 24 GB recipe)."""
     use_xformers: Optional[bool] = None
     """Fused SwiGLU from xformers (None: when importable)."""
-    fusion_sdpa: Literal["default", "no-cudnn"] = "default"
-    """Attention kernels of the fusion stage: PyTorch's choice, or 'no-cudnn' (flash / memory-efficient only). cuDNN
-    attention builds a plan on the CPU for every new shape, and the fusion stage's token count changes with the
-    per-batch compression ratio (benchmarks/bench_train_compile/); the speed of 'no-cudnn' is not measured yet."""
+    fusion_sdpa: Literal["default", "no-cudnn"] = "no-cudnn"
+    """Attention kernels of the fusion stage: 'no-cudnn' (flash / memory-efficient only) or 'default' (PyTorch's
+    choice, cuDNN on recent GPUs). cuDNN attention builds a plan on the CPU for every new shape, and the fusion stage's
+    token count changes with the per-batch compression ratio, so with 'default' the first thousands of steps each pay
+    for new plans (H200, giant compiled, 4 x 6 views: 508 ms per step against 267 ms with 'no-cudnn'; the same once
+    every count has been seen: benchmarks/bench_train_no_cudnn/). The same function either way."""
     compile: bool = False
     """torch.compile the network's transformer blocks and its Gaussian head at the first training step (speed and
     memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
