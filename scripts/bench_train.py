@@ -133,7 +133,7 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
 
 def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device,
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
-              config_index: int = 0, fusion_sdpa: str = "default") -> dict:  # fmt: skip
+              config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default") -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -141,6 +141,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
 
     rec = {"variant": variant, "scenes": B, "views": V, "context_images": B * V, "target_views_per_scene": 4,
            "grad_checkpointing": grad_ckpt, "compile": compile_net, "fusion_sdpa": fusion_sdpa,
+           "backbone_sdpa": backbone_sdpa,
            "precision": "amp-bf16"}  # fmt: skip
     model = None
     try:
@@ -149,7 +150,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
         torch.manual_seed(0)  # the same random weights (hence Gaussians, hence rasterization work) for every config
         cfg = ZipSplatModelConfig(variant=variant, precision="amp-bf16", grad_checkpointing=grad_ckpt, renderer="gsplat",
                                   priors_probability=0.0, total_steps=450_000, compile=compile_net,
-                                  fusion_sdpa=fusion_sdpa)  # fmt: skip
+                                  fusion_sdpa=fusion_sdpa, backbone_sdpa=backbone_sdpa)  # fmt: skip
         model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
                           metadata={}, device=str(device)).to(device)  # fmt: skip
         model.train()
@@ -283,6 +284,8 @@ def main(argv=None) -> int:
                          "giant), or forced on / off")  # fmt: skip
     ap.add_argument("--fusion-sdpa", nargs="+", choices=["default", "no-cudnn"], default=["no-cudnn"],
                     help="attention kernels of the fusion stage (the model's fusion_sdpa), one configuration each")
+    ap.add_argument("--backbone-sdpa", choices=["default", "no-cudnn"], default="default",
+                    help="attention kernels of the ViT backbone and camera encoder (the model's backbone_sdpa)")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--nn-autotune", action="store_true",
@@ -337,6 +340,8 @@ def main(argv=None) -> int:
                 key = f'{mode}, grad_ckpt={"on" if r["grad_checkpointing"] else "off"}'
                 if r.get("fusion_sdpa", "default") != "default":
                     key += f', fusion_sdpa={r["fusion_sdpa"]}'
+                if r.get("backbone_sdpa", "default") != "default":
+                    key += f', backbone_sdpa={r["backbone_sdpa"]}'
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
                                              "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
@@ -381,7 +386,8 @@ def main(argv=None) -> int:
                     continue
                 rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,
                                 compile_net=mode == "compile", profile_steps=args.profile_steps,
-                                config_index=len(results), fusion_sdpa=fusion_sdpa)  # fmt: skip
+                                config_index=len(results), fusion_sdpa=fusion_sdpa,
+                            backbone_sdpa=args.backbone_sdpa)  # fmt: skip
                 rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
                 print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
                       flush=True)  # fmt: skip

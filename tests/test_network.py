@@ -557,6 +557,23 @@ def test_compiled_network_trains_like_the_eager_one() -> None:
             assert ((g0[name] - g1[name]).abs().max() / scale) < 1e-3, name
 
 
+def test_precision_switch_after_compile_recompiles() -> None:
+    """``set_precision`` on a compiled network gives the eager network's output in every new mode (on the H200 a
+    bf16-compiled block reused its graph with fp16 weights and failed; ``_cast_trunk`` now drops compiled graphs)."""
+    import copy
+
+    torch.manual_seed(0)
+    eager = ZipSplat("tiny", image_size=28).eval()
+    compiled = copy.deepcopy(eager).compile(dynamic=False)
+    x = torch.rand(1, 2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(compiled.predict(x).means, eager.predict(x).means, atol=1e-5)
+        for mode in ("bf16", "fp16", "fp32"):
+            out = compiled.set_precision(mode).predict(x).means
+            ref = eager.set_precision(mode).predict(x).means
+            assert torch.allclose(out, ref, rtol=1e-2, atol=1e-3), (mode, (out - ref).abs().max())
+
+
 def test_fusion_sdpa_no_cudnn_restricts_only_the_fusion_attention(monkeypatch) -> None:
     """``fusion_sdpa="no-cudnn"`` turns the cuDNN SDPA backend off inside the fusion stage's attention (and only
     there), eager and compiled, and computes the same Gaussians."""

@@ -83,6 +83,8 @@ class ZipSplatConfig:
     # "default" = PyTorch's choice; "no-cudnn" = flash / memory-efficient / math only, which need no per-shape plan
     # (training: the token count changes with the per-batch compression ratio). The same function either way.
     fusion_sdpa: Literal["default", "no-cudnn"] = "default"
+    # the same choice for the ViT backbone and the camera encoder (their shapes only change with the batch layout)
+    backbone_sdpa: Literal["default", "no-cudnn"] = "default"
 
     def backbone_spec(self) -> BackboneSpec:
         if self.variant not in BACKBONE_SPECS:
@@ -211,6 +213,7 @@ class ZipSplat(nn.Module):
         super().__init__()
         # fp32 originals of the weights down-cast by the bf16 mode (CPU, not in the state dict), see set_precision
         self._fp32_master: dict[str, Tensor] = {}
+        self._is_compiled = False  # set by compile(); a later dtype change must drop the compiled graphs
         self._register_load_state_dict_pre_hook(self._refresh_fp32_master)
         valid = {f.name for f in fields(ZipSplatConfig)}
         bad = set(overrides) - valid
@@ -245,6 +248,7 @@ class ZipSplat(nn.Module):
         )
         self.gaussian_head = GaussianHead(D + C, cfg.gaussians_per_token, cfg.params_per_gaussian, cfg.head_hidden_ratio)
         self.set_fusion_sdpa(cfg.fusion_sdpa)
+        self.set_backbone_sdpa(cfg.backbone_sdpa)
 
         if weights is not None:
             self.load_weights(weights, allow_pickle=allow_pickle)
@@ -315,9 +319,11 @@ class ZipSplat(nn.Module):
         """Cast the matmul parameters in place. Going below fp32, the fp32 originals are kept on the CPU (outside the
         state dict) so that casting back to fp32 restores them bit for bit."""
         params = self.matmul_parameters()
+        changed = False
         for name, p in params.items():
             if p.dtype == dtype:
                 continue
+            changed = True
             master = self._fp32_master.get(name)
             if master is None and keep_master and p.dtype == torch.float32 and dtype != torch.float32:
                 self._fp32_master[name] = p.detach().to("cpu", copy=True)
@@ -325,6 +331,13 @@ class ZipSplat(nn.Module):
             p.data = (master if master is not None else p.data).to(device=p.device, dtype=dtype)
         if dtype == torch.float32:
             self._fp32_master.clear()
+        if changed and self._is_compiled:
+            # Graphs traced for the old dtype can be reused after ``.data`` swaps (seen on the H200 with CUDA:
+            # a bf16-compiled block called with fp16 weights failed with "mat1 and mat2 must have the same dtype"),
+            # so drop them all (process-wide); the blocks recompile for the new dtype on their next call.
+            from torch import _dynamo
+
+            _dynamo.reset()
 
     def _refresh_fp32_master(self, state_dict, prefix, *args) -> None:
         """load_state_dict pre-hook: in the bf16 mode, remember the loaded fp32 values (bf16 params only keep the
@@ -355,6 +368,16 @@ class ZipSplat(nn.Module):
         self.config.fusion_sdpa = mode
         backends = NO_CUDNN_BACKENDS if mode == "no-cudnn" else None
         for block in (*self.cross_attention, *self.self_attention, self.color_cross_attention):
+            block.attn.sdpa_backends = backends
+        return self
+
+    def set_backbone_sdpa(self, mode: str) -> "ZipSplat":
+        """Attention kernels of the ViT backbone and the camera encoder: ``"default"`` or ``"no-cudnn"``."""
+        if mode not in ("default", "no-cudnn"):
+            raise ValueError(f"backbone_sdpa must be 'default' or 'no-cudnn', got {mode!r}")
+        self.config.backbone_sdpa = mode
+        backends = NO_CUDNN_BACKENDS if mode == "no-cudnn" else None
+        for block in (*self.backbone.backbone.blocks, *self.backbone.cam_enc.trunk):
             block.attn.sdpa_backends = backends
         return self
 
@@ -394,6 +417,7 @@ class ZipSplat(nn.Module):
         ]
         for b in blocks:
             b.compile(**kwargs)
+        self._is_compiled = True
         return self
 
     @property

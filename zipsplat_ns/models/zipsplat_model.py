@@ -97,6 +97,8 @@ class ZipSplatModelConfig(ModelConfig):
     token count changes with the per-batch compression ratio, so with 'default' the first thousands of steps each pay
     for new plans (H200, giant compiled, 4 x 6 views: 508 ms per step against 267 ms with 'no-cudnn'; the same once
     every count has been seen: benchmarks/bench_train_no_cudnn/). The same function either way."""
+    backbone_sdpa: Literal["default", "no-cudnn"] = "default"
+    """The same choice for the ViT backbone and the camera encoder."""
     compile: bool = False
     """torch.compile the network's transformer blocks and its Gaussian head at the first training step (speed and
     memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
@@ -185,6 +187,7 @@ class ZipSplatModel(SplatfactoModel):
             sh_degree=cfg.sh_degree,
             gaussians_per_token=cfg.gaussians_per_token,
             fusion_sdpa=cfg.fusion_sdpa,
+            backbone_sdpa=cfg.backbone_sdpa,
         )
         self._compiled = False
         if int(cfg.mask_render_chunk) < 1:
