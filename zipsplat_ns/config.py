@@ -13,7 +13,8 @@ Methods (``ns-train <name>``):
 - ``zipsplat`` compiles the network's blocks at the first training step (``--pipeline.model.compile False`` runs
   eager): on an H200 the compiled giant step is 16 % faster and needs 46 instead of 56 GB
   (benchmarks/bench_train_compile/). The smaller variants run eager by default (compiled small was ~10 % slower);
-  ``--pipeline.model.compile True`` compiles them too.
+  ``--pipeline.model.compile True`` compiles them too (for small this failed under ns-train on an H200:
+  benchmarks/bench_train_no_cudnn/).
 - ``zipsplat-tiny``: our CPU-sized network; 4 context images and 2 target views per step, targets supervised at half
   resolution, 300 steps. ``ns-train zipsplat-tiny --machine.device-type cpu`` trains on the built-in synthetic data.
 

@@ -47,6 +47,7 @@ from torch.nn import Parameter
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from zipsplat_ns.camera import Camera
 from zipsplat_ns.gaussians import Gaussians
@@ -103,7 +104,9 @@ class ZipSplatModelConfig(ModelConfig):
     """torch.compile the network's transformer blocks and its Gaussian head at the first training step (speed and
     memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
     steps compile (1-2 minutes on an H200); after the first change of a shape its dimensions become dynamic, so the
-    view and compression schedules add few recompiles. Viewer, export and reconstruction without training stay eager."""
+    view and compression schedules add few recompiles. Viewer, export and reconstruction without training stay eager.
+    Known problem: for small, ns-train with compile failed on an H200 in the first backward pass (an inductor stride
+    assertion; benchmarks/bench_train_no_cudnn/), so small runs eager by default."""
     sh_degree: int = 1
     """SH degree of the predicted colours (read by ns-export)."""
     gaussians_per_token: int = 32
@@ -291,6 +294,12 @@ class ZipSplatModel(SplatfactoModel):
         cams = Camera(inputs["context_camera"]) if priors else None
         poses = Pose(inputs["context_pose"]) if priors else None
         if self.training and cfg.compile and not self._compiled:
+            if cfg.variant == "small" and images.is_cuda:
+                CONSOLE.print(
+                    "[yellow]compiling zipsplat-small: on an H200 (torch 2.11) this failed in the first backward pass "
+                    "of ns-train with an inductor stride assertion (benchmarks/bench_train_no_cudnn/README.md); if it "
+                    "does here, run eager (--pipeline.model.compile False, the default for small)"
+                )
             self.net.compile(dynamic=None)  # automatic dynamic shapes: view and token counts vary per batch
             self._compiled = True
         pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=priors, compression=compression)
