@@ -563,15 +563,15 @@ def test_precision_switch_after_compile_recompiles() -> None:
     import copy
 
     torch.manual_seed(0)
-    eager = ZipSplat("tiny", image_size=28).eval()
+    eager = ZipSplat("tiny", image_size=28, depth=2, alt_start=1, out_layers=(0, 1)).eval().set_precision("bf16")
     compiled = copy.deepcopy(eager).compile(dynamic=False)
     x = torch.rand(1, 2, 3, 28, 28)
     with torch.no_grad():
-        assert torch.allclose(compiled.predict(x).means, eager.predict(x).means, atol=1e-5)
-        for mode in ("bf16", "fp16", "fp32"):
-            out = compiled.set_precision(mode).predict(x).means
-            ref = eager.set_precision(mode).predict(x).means
-            assert torch.allclose(out, ref, rtol=1e-2, atol=1e-3), (mode, (out - ref).abs().max())
+        assert torch.allclose(compiled.predict(x).means, eager.predict(x).means, rtol=1e-2, atol=1e-3)
+        out = compiled.set_precision("fp16").predict(x).means  # the H200 failure: bf16 graphs, fp16 weights
+        ref = eager.set_precision("fp16").predict(x).means
+    assert torch.allclose(out, ref, rtol=1e-2, atol=1e-3), (out - ref).abs().max()
+    assert compiled.downscale[0].weight.dtype == torch.float16
 
 
 def test_fusion_sdpa_no_cudnn_restricts_only_the_fusion_attention(monkeypatch) -> None:

@@ -48,9 +48,10 @@ class ZipSplatConfig:
         preparation and fusion are *stored* in bf16 and their inputs are cast to bf16 right before each matmul (the
         numerics of autocast, without per-call weight casts); the residual streams, every LayerNorm (incl. qk-norm),
         LayerScale, RoPE, the colour branch, the Gaussian head and the activations stay fp32. Not for training.
-      * ``"fp16"``: the same with fp16 storage (10 mantissa bits against bf16's 7): the same speed on tensor-core
-        GPUs and about 10x smaller error (benchmarks/bench_bf16_sensitivity.json), but a 65504 range: weights whose
-        activations overflow it give non-finite outputs, which raise an error that says to use ``"bf16"``. Opt-in.
+      * ``"fp16"``: the same with fp16 storage (10 mantissa bits against bf16's 7): about 10x smaller error at about
+        the same speed (H200, giant: within 2 % of bf16 eager, 3 % slower compiled at 24 views;
+        benchmarks/bench_inference_h200_fp16*.json), but a 65504 range: weights whose activations overflow it give
+        non-finite outputs, which raise an error that says to use ``"bf16"``. Opt-in.
       * ``"amp-bf16"``: fp32 weights, bf16 autocast around backbone + fusion (for mixed-precision training).
     """
 
@@ -351,9 +352,10 @@ class ZipSplat(nn.Module):
         """Switch precision mode in place (casts the stored trunk matmul weights to bf16 for ``"bf16"``, fp16 for
         ``"fp16"``, back to fp32 otherwise).
 
-        Going to ``"bf16"`` / ``"fp16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the state dict) so
-        that switching back restores the exact fp32 weights; without it (or if weights were written in place while in
-        bf16 other than through ``load_state_dict``) switching back only up-casts the bf16-rounded values.
+        Going to ``"bf16"`` / ``"fp16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the
+        state dict), so that switching back (or between bf16 and fp16) starts from the exact fp32 weights; without it
+        (or if weights were written in place while in bf16 other than through ``load_state_dict``) switching only
+        re-casts the rounded values. On a compiled network a dtype change drops the compiled graphs (process-wide).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -555,7 +557,7 @@ class ZipSplat(nn.Module):
         if self.config.precision == "fp16" and not bool(torch.isfinite(raw).all()):
             raise FloatingPointError(
                 "precision='fp16': the network's output is not finite (an activation exceeded fp16's range of 65504 "
-                "with these weights); use precision='bf16' (same speed, bf16's range) or 'fp32'"
+                "with these weights); use precision='bf16' (about the same speed, bf16's range) or 'fp32'"
             )
         act = activate_gaussians(raw, self.config.sh_degree)
         return ZipSplatOutput(**act, raw=raw, token_indices=idx, num_views=V)
