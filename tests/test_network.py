@@ -610,3 +610,10 @@ def test_fusion_sdpa_no_cudnn_restricts_only_the_fusion_attention(monkeypatch) -
     assert torch.allclose(compiled.means, expected_c1.means, atol=1e-5)
     with pytest.raises(ValueError, match="fusion_sdpa"):
         net.set_fusion_sdpa("cudnn-only")
+    # backbone_sdpa: the same switch for the ViT and the camera encoder, leaving the fusion stage as it was
+    both = ZipSplat("tiny", image_size=28, backbone_sdpa="no-cudnn")
+    vit_and_cam = (*both.backbone.backbone.blocks, *both.backbone.cam_enc.trunk)
+    assert all(b.attn.sdpa_backends == layers_mod.NO_CUDNN_BACKENDS for b in vit_and_cam)
+    assert all(b.attn.sdpa_backends is None for b in (*both.cross_attention, *both.self_attention))
+    with pytest.raises(ValueError, match="backbone_sdpa"):
+        both.set_backbone_sdpa("off")

@@ -365,21 +365,20 @@ class ZipSplat(nn.Module):
 
     def set_fusion_sdpa(self, mode: str) -> "ZipSplat":
         """Attention kernels of the fusion stage: ``"default"`` (PyTorch's choice) or ``"no-cudnn"`` (see the config)."""
-        if mode not in ("default", "no-cudnn"):
-            raise ValueError(f"fusion_sdpa must be 'default' or 'no-cudnn', got {mode!r}")
-        self.config.fusion_sdpa = mode
-        backends = NO_CUDNN_BACKENDS if mode == "no-cudnn" else None
-        for block in (*self.cross_attention, *self.self_attention, self.color_cross_attention):
-            block.attn.sdpa_backends = backends
-        return self
+        blocks = (*self.cross_attention, *self.self_attention, self.color_cross_attention)
+        return self._set_sdpa("fusion_sdpa", mode, blocks)
 
     def set_backbone_sdpa(self, mode: str) -> "ZipSplat":
         """Attention kernels of the ViT backbone and the camera encoder: ``"default"`` or ``"no-cudnn"``."""
+        return self._set_sdpa("backbone_sdpa", mode, (*self.backbone.backbone.blocks, *self.backbone.cam_enc.trunk))
+
+    def _set_sdpa(self, field: str, mode: str, blocks: Sequence[nn.Module]) -> "ZipSplat":
+        """Set config ``field`` to ``mode`` and restrict the SDPA backends of ``blocks``' attention accordingly."""
         if mode not in ("default", "no-cudnn"):
-            raise ValueError(f"backbone_sdpa must be 'default' or 'no-cudnn', got {mode!r}")
-        self.config.backbone_sdpa = mode
+            raise ValueError(f"{field} must be 'default' or 'no-cudnn', got {mode!r}")
+        setattr(self.config, field, mode)
         backends = NO_CUDNN_BACKENDS if mode == "no-cudnn" else None
-        for block in (*self.backbone.backbone.blocks, *self.backbone.cam_enc.trunk):
+        for block in blocks:
             block.attn.sdpa_backends = backends
         return self
 
