@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import draw_inputs, log, means_rel_err, set_tf32  # noqa: E402
+
 from zipsplat_ns.models.network import ZipSplat  # noqa: E402
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def groups_of(model: ZipSplat) -> dict[str, list[str]]:
@@ -71,10 +70,6 @@ def set_bf16(model: ZipSplat, master: dict[str, torch.Tensor], bf16_names: set[s
         p.data = src.to(dtype) if name in bf16_names else src.clone()
 
 
-def rel_err(m: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((m.double() - ref).norm() / ref.norm().clamp_min(1e-12))
-
-
 def time_forward(model: ZipSplat, x: torch.Tensor, runs: int) -> float:
     for _ in range(3):
         model.predict(x)
@@ -102,21 +97,17 @@ def main() -> int:
     if not torch.cuda.is_available():
         sys.exit("bench_bf16_sensitivity.py needs a CUDA GPU")
     dev = torch.device("cuda")
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
+    set_tf32(False)
     t0 = time.time()
     rows, timings = [], []
     for seed in args.seeds:
         torch.manual_seed(seed)
         with torch.device(dev):
             model = ZipSplat(args.variant).eval()
-        # bench_inference.py's inputs: one generator (seed + 1) drawing V = 2, 6, 12, 24, 64 in that order
-        g = torch.Generator(device=dev).manual_seed(seed + 1)
+        # bench_inference.py's inputs for its default --views 2 6 12 24 --memory-views 64, then any other V
         bench_views = [2, 6, 12, 24, 64]
-        inputs = {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in bench_views}
-        for v in set(args.views) | set(args.time_views):
-            if v not in inputs:
-                inputs[v] = torch.rand(1, v, 3, 252, 252, device=dev, generator=g)
+        extra = sorted((set(args.views) | set(args.time_views)) - set(bench_views))
+        inputs = draw_inputs(bench_views + extra, seed, dev)
         master = {n: p.detach().clone() for n, p in model.matmul_parameters().items()}
         groups = groups_of(model)
         every = set(master)
@@ -127,18 +118,18 @@ def main() -> int:
                 set_bf16(model, master, set())
                 ref = model.predict(x).means.double()
                 set_bf16(model, master, every)
-                full = rel_err(model.predict(x).means, ref)
+                full = means_rel_err(model.predict(x).means, ref)
                 # for comparison: the same storage rule with fp16 (10 mantissa bits against bf16's 7)
                 set_bf16(model, master, every, torch.float16)
                 m16 = model.predict(x).means
-                fp16 = rel_err(m16, ref) if bool(torch.isfinite(m16).all()) else "non-finite"
+                fp16 = means_rel_err(m16, ref) if bool(torch.isfinite(m16).all()) else "non-finite"
                 row = {"seed": seed, "views": v, "all_bf16": full, "all_fp16": fp16, "only_group_bf16": {},
                        "all_but_group_bf16": {}}
                 for name, members in groups.items():
                     for label, names in (("only_group_bf16", set(members)), ("all_but_group_bf16", every - set(members))):
                         try:
                             set_bf16(model, master, names)
-                            row[label][name] = rel_err(model.predict(x).means, ref)
+                            row[label][name] = means_rel_err(model.predict(x).means, ref)
                         except Exception as e:  # noqa: BLE001 - a dtype mix that a module cannot take is recorded
                             row[label][name] = f"{type(e).__name__}: {e}"[:200]
                 rows.append(row)

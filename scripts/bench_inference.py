@@ -141,8 +141,7 @@ def main() -> None:
     log(f"built in {time.time() - t0:.1f}s, {n_params:,} params")
 
     all_views = [(v, args.runs) for v in args.views] + [(v, args.memory_runs) for v in args.memory_views]
-    g = torch.Generator(device=dev).manual_seed(args.seed + 1)
-    inputs = {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v, _ in all_views}
+    inputs = draw_inputs([v for v, _ in all_views], args.seed, dev)
     fp32_means: dict[int, torch.Tensor] = {}
     results: list[dict] = []
     accuracy: dict[str, dict] = {}
@@ -228,6 +227,13 @@ def main() -> None:
     summary = _write(args, results, accuracy, n_params, t0, dev, draws)
     log(f"done in {time.time() - t0:.1f}s -> {args.output}")
     print(json.dumps(summary["checks"], indent=1))
+
+
+def draw_inputs(views: list[int], seed: int, dev: torch.device) -> dict[int, torch.Tensor]:
+    """The benchmark's random images: one generator (``seed + 1``) drawing a ``(1, V, 3, 252, 252)`` batch per V, in
+    the order given (so the same ``views`` list gives the same images in every script)."""
+    g = torch.Generator(device=dev).manual_seed(seed + 1)
+    return {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in views}
 
 
 def means_rel_err(means: torch.Tensor, ref: torch.Tensor) -> float:
