@@ -30,16 +30,7 @@ for f in sys.argv[1:]:
 PY
 
 if [ "$(left)" -gt 90 ]; then
-  zipsplat-ns synth --output /tmp/syn --num-scenes 40 --views 32 --size 252 --num-workers 12 > /tmp/synth.log 2>&1
-  S=30
-  timeout $(( $(left) - 10 )) ns-train zipsplat-small --data /tmp/syn --output-dir /tmp/runs --experiment-name smoke \
-    --timestamp run --max-num-iterations $S --pipeline.model.total-steps $S --pipeline.model.compile True \
-    --optimizers.backbone.scheduler.max-steps $S --optimizers.head.scheduler.max-steps $S \
-    --pipeline.model.loss.lpips-weight 0 --steps-per-save 1000 --steps-per-eval-batch 1000 \
-    --steps-per-eval-image 1000 --pipeline.datamanager.num-workers 4 > "$OUT/ns_train_compile.log" 2>&1
-  echo "ns-train exit: $?"
-  cp /tmp/runs/smoke/zipsplat-small/run/zipsplat_metrics.jsonl "$OUT/ns_train_compile_metrics.jsonl" 2>/dev/null
-  tail -n 5 "$OUT/ns_train_compile.log"
+  bash scripts/gpu_ns_train_smoke.sh $(( $(left) - 10 ))
 else
   echo "no time left for the ns-train run"
 fi
