@@ -31,9 +31,17 @@ from bench_inference import draw_inputs, log, means_rel_err, set_tf32  # noqa: E
 from zipsplat_ns.models.network import ZipSplat  # noqa: E402
 
 
+def studied_parameters(model: ZipSplat) -> dict[str, torch.nn.Parameter]:
+    """The fast modes' low-precision trunk weights plus the patch-embedding conv (which the fast modes keep in fp32
+    since this script's first run showed its share of the error; it is studied here in both dtypes)."""
+    pe = model.backbone.backbone.patch_embed.proj
+    return {**model.matmul_parameters(), **{f"backbone.backbone.patch_embed.proj.{k}": p
+                                            for k, p in pe.named_parameters()}}  # fmt: skip
+
+
 def groups_of(model: ZipSplat) -> dict[str, list[str]]:
-    """Trunk matmul parameter names by group (every name in exactly one group)."""
-    names = list(model.matmul_parameters())
+    """Studied parameter names by group (every name in exactly one group)."""
+    names = list(studied_parameters(model))
     depth = len(model.backbone.backbone.blocks)
     q = max(depth // 4, 1)
     groups: dict[str, list[str]] = {}
@@ -65,9 +73,32 @@ def set_bf16(model: ZipSplat, master: dict[str, torch.Tensor], bf16_names: set[s
              dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
     """Store exactly ``bf16_names`` in ``dtype`` (from the fp32 master copy), every other trunk weight in fp32."""
     model.config.precision = "bf16" if bf16_names else "fp32"
-    for name, p in model.matmul_parameters().items():
+    for name, p in studied_parameters(model).items():
         src = master[name]
         p.data = src.to(dtype) if name in bf16_names else src.clone()
+
+
+# Mixed storage recipes: group -> dtype overrides on top of the base dtype (every other trunk matmul weight).
+F32, F16, B16 = torch.float32, torch.float16, torch.bfloat16
+RECIPES: dict[str, tuple[torch.dtype, dict[str, torch.dtype]]] = {
+    "bf16": (B16, {}),
+    "bf16, patch_embed fp32": (B16, {"patch_embed": F32}),
+    "bf16, patch_embed fp32, vit_blocks_0-9 fp16": (B16, {"patch_embed": F32, "vit_blocks_0-9": F16}),
+    "bf16, patch_embed fp32, vit_blocks_0-19 fp16": (B16, {"patch_embed": F32, "vit_blocks_0-9": F16,
+                                                           "vit_blocks_10-19": F16}),
+    "fp16": (F16, {}),
+    "fp16, patch_embed fp32": (F16, {"patch_embed": F32}),
+}
+
+
+@torch.no_grad()
+def set_recipe(model: ZipSplat, master: dict[str, torch.Tensor], groups: dict[str, list[str]], recipe: str) -> None:
+    """Store the trunk matmul weights as ``RECIPES[recipe]`` says (from the fp32 master copy)."""
+    base, overrides = RECIPES[recipe]
+    dtype_of = {n: overrides.get(g, base) for g, names in groups.items() for n in names}
+    model.config.precision = "bf16" if base == B16 else "fp16"
+    for name, p in studied_parameters(model).items():
+        p.data = master[name].to(dtype_of[name])
 
 
 def time_forward(model: ZipSplat, x: torch.Tensor, runs: int) -> float:
@@ -93,6 +124,8 @@ def main() -> int:
     ap.add_argument("--views", type=int, nargs="+", default=[2, 6])
     ap.add_argument("--time-views", type=int, nargs="*", default=[6, 24])
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--recipes-only", action="store_true",
+                    help="only the mixed-storage recipes (RECIPES) per seed and V; no group sweep, no timings")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_bf16_sensitivity.py needs a CUDA GPU")
@@ -108,12 +141,23 @@ def main() -> int:
         bench_views = [2, 6, 12, 24, 64]
         extra = sorted((set(args.views) | set(args.time_views)) - set(bench_views))
         inputs = draw_inputs(bench_views + extra, seed, dev)
-        master = {n: p.detach().clone() for n, p in model.matmul_parameters().items()}
+        master = {n: p.detach().clone() for n, p in studied_parameters(model).items()}
         groups = groups_of(model)
         every = set(master)
         log(f"seed {seed}: groups " + ", ".join(f"{k} ({len(v)})" for k, v in groups.items()))
         with torch.inference_mode():
-            for v in args.views:
+            for v in args.views if args.recipes_only else []:
+                set_bf16(model, master, set())
+                ref = model.predict(inputs[v]).means.double()
+                row = {"seed": seed, "views": v, "recipes": {}}
+                for recipe in RECIPES:
+                    set_recipe(model, master, groups, recipe)
+                    m = model.predict(inputs[v]).means
+                    row["recipes"][recipe] = means_rel_err(m, ref) if bool(torch.isfinite(m).all()) else "non-finite"
+                rows.append(row)
+                log(f"seed {seed} V={v}: " + ", ".join(f"[{k}] {e:.2e}" if isinstance(e, float) else f"[{k}] {e}"
+                                                     for k, e in row["recipes"].items()))  # fmt: skip
+            for v in [] if args.recipes_only else args.views:
                 x = inputs[v]
                 set_bf16(model, master, set())
                 ref = model.predict(x).means.double()
@@ -137,7 +181,7 @@ def main() -> int:
                     + ", ".join(f"{k} {e:.1e}" if isinstance(e, float) else f"{k} ERR" for k, e in row["only_group_bf16"].items()))
                 log("   all but G: " + ", ".join(f"{k} {e:.1e}" if isinstance(e, float) else f"{k} ERR"
                                              for k, e in row["all_but_group_bf16"].items()))  # fmt: skip
-            if seed == args.seeds[0]:
+            if seed == args.seeds[0] and not args.recipes_only:
                 for v in args.time_views:
                     set_bf16(model, master, every, torch.float16)
                     timings.append({"views": v, "fp32_group": "none (all fp16)",

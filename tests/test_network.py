@@ -409,7 +409,8 @@ def test_bf16_mode_fp32_stream_and_norms(tiny, images2) -> None:
     fast = copy.deepcopy(tiny).set_precision("bf16")
     assert list(fast.state_dict()) == list(tiny.state_dict())
     lowp = set(fast.matmul_parameters())
-    assert "backbone.backbone.patch_embed.proj.weight" in lowp and "downscale.0.weight" in lowp
+    assert "downscale.0.weight" in lowp and "backbone.backbone.blocks.0.attn.qkv.weight" in lowp
+    assert not any(".patch_embed." in n for n in lowp)  # the patch embedding stays fp32 (see ZipSplatConfig)
     for name, p in fast.named_parameters():
         keep_fp32 = name.startswith(("gaussian_head.", "color_")) or name not in lowp
         assert p.dtype == (torch.float32 if keep_fp32 else torch.bfloat16), name
@@ -422,16 +423,24 @@ def test_bf16_mode_fp32_stream_and_norms(tiny, images2) -> None:
     assert vit.blocks[0].mlp.fc2.weight.dtype == torch.bfloat16 and vit.blocks[0].attn.proj.bias.dtype == torch.bfloat16
     assert fast.cross_attention[0].attn.kv_proj.weight.dtype == torch.bfloat16
     # the residual stream between blocks is fp32
+    assert vit.patch_embed.proj.weight.dtype == torch.float32
     seen = []
     h = vit.blocks[3].register_forward_hook(lambda m, a, o: seen.append((a[0].dtype, o.dtype)))
     amp = copy.deepcopy(tiny).set_precision("amp-bf16")
+    pe_forward = amp.backbone.backbone.patch_embed.forward
+
+    def fp32_patch_embed(x):  # autocast, except the patch embedding: the bf16 mode keeps that one in fp32
+        with torch.autocast("cpu", enabled=False):
+            return pe_forward(x.float())
+
+    amp.backbone.backbone.patch_embed.forward = fp32_patch_embed
     with torch.inference_mode():
         ref = tiny.predict(images2).means
         out = fast.predict(images2).means
         out_amp = amp.predict(images2).means
     h.remove()
     assert seen == [(torch.float32, torch.float32)]
-    # same numerics as autocast (CPU: measured bit-identical); both ~1e-3 from fp32
+    # same numerics as autocast with an fp32 patch embedding (CPU: measured bit-identical); both ~1e-3 from fp32
     assert float((out - out_amp).norm() / ref.norm()) < 1e-4
     # the camera-prior encoder (bf16 matmuls, fp32 stream) runs too
     cams, poses = _priors(1, 2)
@@ -449,6 +458,26 @@ def test_bf16_mode_fp32_stream_and_norms(tiny, images2) -> None:
     other.set_precision("fp32")
     with torch.inference_mode():
         assert torch.equal(other.predict(images2).means, ref)
+
+
+def test_tf32_matmuls_scope_restores_the_setting() -> None:
+    """The fast modes' TF32 scope (colour branch and head on CUDA) sets "high" inside and restores the caller's
+    setting afterwards, also after an error; disabled, it changes nothing."""
+    from zipsplat_ns.models.network import _tf32_matmuls
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        with _tf32_matmuls(True):
+            assert torch.get_float32_matmul_precision() == "high"
+        assert torch.get_float32_matmul_precision() == "highest"
+        with pytest.raises(RuntimeError, match="boom"), _tf32_matmuls(True):
+            raise RuntimeError("boom")
+        assert torch.get_float32_matmul_precision() == "highest"
+        with _tf32_matmuls(False):
+            assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_fp16_mode_stores_fp16_and_is_closer_to_fp32_than_bf16(tiny, images2) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,22 @@ PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16")
 _TRUNK_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+
+@contextmanager
+def _tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Within the block, fp32 matmuls may use TF32 tensor cores (``torch.set_float32_matmul_precision("high")``);
+    the previous setting is restored afterwards. Used by the fast modes for the fp32 colour branch and head."""
+    if not enabled:
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 # ---------------------------------------------------------------------------------------------------------- config
 @dataclass
 class ZipSplatConfig:
@@ -44,14 +61,19 @@ class ZipSplatConfig:
 
     ``precision``:
       * ``"fp32"``: exact (the reference runs inference in fp32);
-      * ``"bf16"``: fast inference; the matmul weights (Linear / patch-embed conv) of backbone, camera encoder, token
-        preparation and fusion are *stored* in bf16 and their inputs are cast to bf16 right before each matmul (the
-        numerics of autocast, without per-call weight casts); the residual streams, every LayerNorm (incl. qk-norm),
-        LayerScale, RoPE, the colour branch, the Gaussian head and the activations stay fp32. Not for training.
+      * ``"bf16"``: fast inference; the Linear weights of backbone, camera encoder, token preparation and fusion are
+        *stored* in bf16 and their inputs are cast to bf16 right before each matmul (the numerics of autocast, without
+        per-call weight casts); the residual streams, every LayerNorm (incl. qk-norm), LayerScale, RoPE, the patch
+        embedding, the colour branch, the Gaussian head and the activations stay fp32 (on CUDA the colour branch and
+        head run their fp32 matmuls on TF32 tensor cores). Two departures from plain autocast, both measured on an H200
+        (giant, random weights; benchmarks/bench_bf16_recipes.json, bench_profile_inference.json): the patch
+        embedding stays fp32 because its rounding is amplified by every block after it (it is about a third of bf16's
+        means error) while it costs < 1 ms; the head's fp32 matmuls were 7 % of a 24-view forward without TF32.
+        Not for training.
       * ``"fp16"``: the same with fp16 storage (10 mantissa bits against bf16's 7): about 10x smaller error at about
-        the same speed (H200, giant: within 2 % of bf16 eager, 3 % slower compiled at 24 views;
-        benchmarks/bench_inference_h200_fp16*.json), but a 65504 range: weights whose activations overflow it give
-        non-finite outputs, which raise an error that says to use ``"bf16"``. Opt-in.
+        the same speed (H200, giant: 4 % slower than bf16 compiled at 24 views; benchmarks/bench_inference_h200*.json),
+        but a 65504 range: weights whose activations overflow it give non-finite outputs, which raise an error that
+        says to use ``"bf16"``. Opt-in.
       * ``"amp-bf16"``: fp32 weights, bf16 autocast around backbone + fusion (for mixed-precision training).
     """
 
@@ -305,12 +327,13 @@ class ZipSplat(nn.Module):
         ]
 
     def matmul_parameters(self) -> dict[str, nn.Parameter]:
-        """Trunk parameters stored in bf16 by the fast mode: weights and biases of every ``nn.Linear`` / ``nn.Conv2d``
-        inside :meth:`trunk_modules` (LayerNorm, LayerScale, tokens and pos_embed are not included)."""
+        """Trunk parameters stored in bf16 / fp16 by the fast modes: weights and biases of every ``nn.Linear`` inside
+        :meth:`trunk_modules` (LayerNorm, LayerScale, tokens, pos_embed and the patch-embedding conv are not included:
+        see ``ZipSplatConfig.precision``)."""
         trunk = {id(m) for t in self.trunk_modules() for m in t.modules()}
         out: dict[str, nn.Parameter] = {}
         for name, mod in self.named_modules():
-            if id(mod) in trunk and isinstance(mod, (nn.Linear, nn.Conv2d)):
+            if id(mod) in trunk and isinstance(mod, nn.Linear):
                 for pname, p in mod.named_parameters(recurse=False):
                     out[f"{name}.{pname}"] = p
         return out
@@ -550,9 +573,10 @@ class ZipSplat(nn.Module):
                 scene = scene + self._maybe_ckpt(self.cross_attention[l], gather(keys), keys)
                 scene = self._maybe_ckpt(self.self_attention[l], scene)
         # colour skip branch (fp32): 14x14 patch embedding of the raw RGB, then standard cross-attention
-        color_tokens = self.color_embed(images.flatten(0, 1).float()).reshape(B, -1, self.config.color_dim)
-        color_feats = self.color_cross_attention(gather(color_tokens), color_tokens)
-        raw = self.gaussian_head(torch.cat([scene.float(), color_feats.float()], -1))
+        with _tf32_matmuls(self.config.precision in _TRUNK_DTYPE and images.is_cuda):
+            color_tokens = self.color_embed(images.flatten(0, 1).float()).reshape(B, -1, self.config.color_dim)
+            color_feats = self.color_cross_attention(gather(color_tokens), color_tokens)
+            raw = self.gaussian_head(torch.cat([scene.float(), color_feats.float()], -1))
         if self.config.precision == "fp16" and not bool(torch.isfinite(raw).all()):
             raise FloatingPointError(
                 "precision='fp16': the network's output is not finite (an activation exceeded fp16's range of 65504 "
