@@ -258,6 +258,9 @@ def test_state_dict_keys_and_strict_loading(model):
 def test_compile_happens_at_the_first_training_step_only(monkeypatch):
     """``compile=True`` compiles the network lazily at the first *training* forward (automatic dynamic shapes);
     viewer / export / eval forwards before that stay eager."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "comprehensive_padding", True)  # restored after the test
     m = make_model(compile=True)
     calls = []
     monkeypatch.setattr(m.net, "compile", lambda **kw: calls.append(kw) or m.net)
@@ -268,9 +271,16 @@ def test_compile_happens_at_the_first_training_step_only(monkeypatch):
         m(inputs)
     assert calls == []
     m.train()
+    assert inductor_config.comprehensive_padding  # untouched until the network compiles
     m(inputs)
     m(inputs)
     assert calls == [{"dynamic": None}]
+    assert inductor_config.comprehensive_padding is False  # the stride-padding workaround (inductor_padding=False)
+    m2 = make_model(compile=True, inductor_padding=True)
+    monkeypatch.setattr(m2.net, "compile", lambda **kw: m2.net)
+    m2.train()
+    m2(inputs)
+    assert inductor_config.comprehensive_padding is True
 
 
 def test_activated_mask_is_the_same_for_any_context_render_chunk():

@@ -105,8 +105,12 @@ class ZipSplatModelConfig(ModelConfig):
     memory: fused element-wise work, far fewer kernel launches, fewer saved activations; the same function). The first
     steps compile (1-2 minutes on an H200); after the first change of a shape its dimensions become dynamic, so the
     view and compression schedules add few recompiles. Viewer, export and reconstruction without training stay eager.
-    Known problem: for small, ns-train with compile failed on an H200 in the first backward pass (an inductor stride
-    assertion; benchmarks/bench_train_no_cudnn/), so small runs eager by default."""
+    Small runs eager by default: compiling it was no faster (benchmarks/bench_train_compile/)."""
+    inductor_padding: bool = False
+    """With compile: keep inductor's stride padding (``torch._inductor.config.comprehensive_padding``, process-wide).
+    Off by default: with it, compiled small failed on an H200 (torch 2.11) in its first backward pass with the stride
+    assertion ``expected ... stride 1950==1952`` (a (24, 6, 325, 1) tensor whose stride inductor padded from 1950 to
+    1952; benchmarks/bench_train_no_cudnn/). Padding only aligns strides for speed; the function is the same."""
     sh_degree: int = 1
     """SH degree of the predicted colours (read by ns-export)."""
     gaussians_per_token: int = 32
@@ -294,12 +298,9 @@ class ZipSplatModel(SplatfactoModel):
         cams = Camera(inputs["context_camera"]) if priors else None
         poses = Pose(inputs["context_pose"]) if priors else None
         if self.training and cfg.compile and not self._compiled:
-            if cfg.variant == "small" and images.is_cuda:
-                CONSOLE.print(
-                    "[yellow]compiling zipsplat-small: on an H200 (torch 2.11) this failed in the first backward pass "
-                    "of ns-train with an inductor stride assertion (benchmarks/bench_train_no_cudnn/README.md); if it "
-                    "does here, run eager (--pipeline.model.compile False, the default for small)"
-                )
+            import torch._inductor.config as inductor_config
+
+            inductor_config.comprehensive_padding = bool(cfg.inductor_padding)
             self.net.compile(dynamic=None)  # automatic dynamic shapes: view and token counts vary per batch
             self._compiled = True
         pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=priors, compression=compression)
