@@ -38,7 +38,6 @@ PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16")
 _TRUNK_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-
 @contextmanager
 def _tf32_matmuls(enabled: bool) -> Iterator[None]:
     """Within the block, fp32 matmuls may use TF32 tensor cores (``torch.set_float32_matmul_precision("high")``);
@@ -70,7 +69,7 @@ class ZipSplatConfig:
         embedding stays fp32 because its rounding is amplified by every block after it (it is about a third of bf16's
         means error) while it costs < 1 ms; the head's fp32 matmuls were 7 % of a 24-view forward without TF32.
         Not for training.
-      * ``"fp16"``: the same with fp16 storage (10 mantissa bits against bf16's 7): about 10x smaller error at about
+      * ``"fp16"``: the same with fp16 storage (10 mantissa bits against bf16's 7): about 7x smaller error at about
         the same speed (H200, giant: 4 % slower than bf16 compiled at 24 views; benchmarks/bench_inference_h200*.json),
         but a 65504 range: weights whose activations overflow it give non-finite outputs, which raise an error that
         says to use ``"bf16"``. Opt-in.

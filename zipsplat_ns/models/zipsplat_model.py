@@ -110,7 +110,8 @@ class ZipSplatModelConfig(ModelConfig):
     """With compile: keep inductor's stride padding (``torch._inductor.config.comprehensive_padding``, process-wide).
     Off by default: with it, compiled small failed on an H200 (torch 2.11) in its first backward pass with the stride
     assertion ``expected ... stride 1950==1952`` (a (24, 6, 325, 1) tensor whose stride inductor padded from 1950 to
-    1952; benchmarks/bench_train_no_cudnn/). Padding only aligns strides for speed; the function is the same."""
+    1952; benchmarks/bench_train_no_cudnn/); with it off, compiled small and giant ns-train ran on the H200
+    (benchmarks/ns_train_compile_smoke/). Padding only aligns strides for speed; the function is the same."""
     sh_degree: int = 1
     """SH degree of the predicted colours (read by ns-export)."""
     gaussians_per_token: int = 32
