@@ -34,7 +34,6 @@ runs the same backward; the pipeline's gradient guard then drops the non-finite 
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -47,7 +46,6 @@ from torch.nn import Parameter
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
-from nerfstudio.utils.rich_utils import CONSOLE
 
 from zipsplat_ns.camera import Camera
 from zipsplat_ns.gaussians import Gaussians
