@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import draw_inputs, log, means_rel_err, set_tf32  # noqa: E402
+from bench_inference import cuda_median_ms, draw_inputs, log, means_rel_err, set_tf32  # noqa: E402
 
 from zipsplat_ns.models.network import ZipSplat  # noqa: E402
 
@@ -69,13 +68,20 @@ def groups_of(model: ZipSplat) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
+def store(model: ZipSplat, master: dict[str, torch.Tensor], dtype_of: dict[str, torch.dtype], precision: str) -> None:
+    """Store every studied weight in ``dtype_of[name]``, cast from the fp32 master copy (fp32 ones as copies, so
+    that the model never aliases the master), under the network's ``precision`` flag."""
+    model.config.precision = precision
+    for name, p in studied_parameters(model).items():
+        src, dtype = master[name], dtype_of[name]
+        p.data = src.clone() if dtype == src.dtype else src.to(dtype)
+
+
 def set_bf16(model: ZipSplat, master: dict[str, torch.Tensor], bf16_names: set[str],
              dtype: torch.dtype = torch.bfloat16) -> None:  # fmt: skip
     """Store exactly ``bf16_names`` in ``dtype`` (from the fp32 master copy), every other trunk weight in fp32."""
-    model.config.precision = "bf16" if bf16_names else "fp32"
-    for name, p in studied_parameters(model).items():
-        src = master[name]
-        p.data = src.to(dtype) if name in bf16_names else src.clone()
+    store(model, master, {n: dtype if n in bf16_names else torch.float32 for n in master},
+          "bf16" if bf16_names else "fp32")  # fmt: skip
 
 
 # Mixed storage recipes: group -> dtype overrides on top of the base dtype (every other trunk matmul weight).
@@ -91,28 +97,17 @@ RECIPES: dict[str, tuple[torch.dtype, dict[str, torch.dtype]]] = {
 }
 
 
-@torch.no_grad()
 def set_recipe(model: ZipSplat, master: dict[str, torch.Tensor], groups: dict[str, list[str]], recipe: str) -> None:
-    """Store the trunk matmul weights as ``RECIPES[recipe]`` says (from the fp32 master copy)."""
+    """Store the studied weights as ``RECIPES[recipe]`` says (from the fp32 master copy)."""
     base, overrides = RECIPES[recipe]
     dtype_of = {n: overrides.get(g, base) for g, names in groups.items() for n in names}
-    model.config.precision = "bf16" if base == B16 else "fp16"
-    for name, p in studied_parameters(model).items():
-        p.data = master[name].to(dtype_of[name])
+    store(model, master, dtype_of, "bf16" if base == B16 else "fp16")
 
 
 def time_forward(model: ZipSplat, x: torch.Tensor, runs: int) -> float:
     for _ in range(3):
         model.predict(x)
-    ts = []
-    for _ in range(runs):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        model.predict(x)
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return cuda_median_ms(lambda: model.predict(x), runs)
 
 
 def main() -> int:

@@ -236,6 +236,19 @@ def draw_inputs(views: list[int], seed: int, dev: torch.device) -> dict[int, tor
     return {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in views}
 
 
+def cuda_median_ms(fn, runs: int) -> float:
+    """Median over ``runs`` calls of ``fn`` timed with CUDA events (each call synchronised), in ms."""
+    ts = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        ts.append(start.elapsed_time(end))
+    return statistics.median(ts)
+
+
 def means_rel_err(means: torch.Tensor, ref: torch.Tensor) -> float:
     """The accuracy metric: ``||m - m_fp32|| / ||m_fp32||`` over all Gaussians."""
     return float((means - ref).norm() / ref.norm().clamp_min(1e-12))

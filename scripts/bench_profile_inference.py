@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import platform
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -33,7 +32,7 @@ from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import draw_inputs, log, set_tf32  # noqa: E402
+from bench_inference import cuda_median_ms, draw_inputs, log, set_tf32  # noqa: E402
 
 from zipsplat_ns.models.layers import NO_CUDNN_BACKENDS, CrossAttention, SelfAttention  # noqa: E402
 from zipsplat_ns.models.network import ZipSplat  # noqa: E402
@@ -73,18 +72,6 @@ def set_sdpa(model: ZipSplat, backends: tuple[SDPBackend, ...] | None) -> None:
         else:
             continue
         m.sdpa_backends = backends if low else None
-
-
-def median_ms(fn, runs: int) -> float:
-    ts = []
-    for _ in range(runs):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
 
 
 def kernel_profile(fn, runs: int, top: int) -> dict:
@@ -184,8 +171,8 @@ def main() -> int:
                 if profile:
                     row.update(kernel_profile(lambda: model.predict(x), args.profile_runs, args.top))
                 else:
-                    row["median_ms"] = median_ms(lambda: model.predict(x), args.runs)
-                    row["backbone_median_ms"] = median_ms(lambda: model.backbone(x), args.runs)
+                    row["median_ms"] = cuda_median_ms(lambda: model.predict(x), args.runs)
+                    row["backbone_median_ms"] = cuda_median_ms(lambda: model.backbone(x), args.runs)
                     row["rest_median_ms"] = row["median_ms"] - row["backbone_median_ms"]
                     row["achieved_tflops"] = flops[v] / (row["median_ms"] * 1e-3) / 1e12
             if profile:
