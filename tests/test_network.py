@@ -646,3 +646,47 @@ def test_fusion_sdpa_no_cudnn_restricts_only_the_fusion_attention(monkeypatch) -
     assert all(b.attn.sdpa_backends is None for b in (*both.cross_attention, *both.self_attention))
     with pytest.raises(ValueError, match="backbone_sdpa"):
         both.set_backbone_sdpa("off")
+
+
+def test_fp32_blocks_keep_leading_vit_blocks_fp32(tiny, images2) -> None:
+    """``fp32_blocks=k`` in the bf16 mode: the first k ViT blocks keep fp32 Linear weights (attention in bf16), the
+    rest are bf16; all ViT blocks in fp32 is closer to fp32 than none; changing k restores the exact fp32 weights."""
+    import copy
+
+    with torch.inference_mode():
+        ref = tiny.predict(images2).means
+    errs = {}
+    for k in (0, 2, tiny.spec.depth):
+        fast = copy.deepcopy(tiny).set_precision("bf16", fp32_blocks=k)
+        blocks = fast.backbone.backbone.blocks
+        assert fast.num_fp32_blocks() == k
+        for i, b in enumerate(blocks):
+            assert b.attn.qkv.weight.dtype == (torch.float32 if i < k else torch.bfloat16), (k, i)
+            assert b.attn.sdpa_dtype == (torch.bfloat16 if i < k else None), (k, i)
+        assert fast.downscale[0].weight.dtype == torch.bfloat16  # only ViT blocks are affected
+        with torch.inference_mode():
+            errs[k] = float((fast.predict(images2).means - ref).norm() / ref.norm())
+    assert 0 < errs[tiny.spec.depth] < errs[0] * 0.8, errs  # measured 3.8e-4 against 6.4e-4
+    fast.set_precision("bf16", fp32_blocks=1).set_precision("fp32")
+    assert fast.num_fp32_blocks() == 0 and fast.backbone.backbone.blocks[0].attn.sdpa_dtype is None
+    for key, v in tiny.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], v), key
+    with pytest.raises(ValueError, match="fp32_blocks must be in"):
+        fast.set_precision("bf16", fp32_blocks=tiny.spec.depth + 1)
+
+
+def test_patch_embed_matmul_equals_strided_conv() -> None:
+    """PatchEmbed computes the 14x14 stride-14 convolution as one matmul: same values and shape as ``conv2d``,
+    including a size that is not a whole number of patches (the remainder is dropped, like the conv)."""
+    import torch.nn.functional as F
+
+    from zipsplat_ns.models.backbone import PatchEmbed
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(3, 32)
+    for h, w in ((252, 252), (28, 42), (30, 31)):
+        x = torch.rand(2, 3, h, w)
+        conv = F.conv2d(x, pe.proj.weight, pe.proj.bias, stride=14).flatten(2).transpose(1, 2)
+        out = pe(x)
+        assert out.shape == conv.shape == (2, (h // 14) * (w // 14), 32)
+        torch.testing.assert_close(out, conv, atol=1e-5, rtol=1e-5)

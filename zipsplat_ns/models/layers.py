@@ -169,6 +169,9 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.proj = Linear(dim, dim, bias=bias)
         self.sdpa_backends: tuple[SDPBackend, ...] | None = None  # None: PyTorch's choice
+        # dtype q, k, v are cast to for SDPA (None: their own). Set by ZipSplat's fast modes on the fp32 ViT blocks
+        # (``ZipSplatConfig.fp32_blocks``) so that their attention still uses the bf16 / fp16 flash kernels.
+        self.sdpa_dtype: torch.dtype | None = None
 
     def forward(self, x: Float[Tensor, "B L D"], rope: RopeTables | None = None) -> Float[Tensor, "B L D"]:
         B, L, D = x.shape
@@ -176,9 +179,12 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, H, L, Dh) strided views of the qkv output (no copy)
         q = _qk_norm_rope(q, self.q_norm, rope)
         k = _qk_norm_rope(k, self.k_norm, rope)
+        dtype = q.dtype
+        if self.sdpa_dtype is not None and dtype != self.sdpa_dtype:
+            q, k, v = (t.to(self.sdpa_dtype) for t in (q, k, v))
         # flash / cpu-flash SDPA take the strided (B, L, H, Dh)-major views directly; the output comes back as a
         # (B, H, L, Dh) view of a (B, L, H, Dh) tensor, so transpose + reshape below is free
-        out = _sdpa(q, k, v, self.sdpa_backends)
+        out = _sdpa(q, k, v, self.sdpa_backends).to(dtype)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 

@@ -38,6 +38,16 @@ PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16")
 _TRUNK_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _check_fp32_blocks(k: int, depth: int) -> None:
+    if not 0 <= k <= depth:
+        raise ValueError(f"fp32_blocks must be in [0, {depth}] (the ViT depth), got {k}")
+
+
+def _fp32_block_count(cfg: "ZipSplatConfig", depth: int) -> int:
+    """Leading ViT blocks kept in fp32 by ``cfg.precision`` (see ``ZipSplatConfig.fp32_blocks``)."""
+    return cfg.fp32_blocks if cfg.precision in _TRUNK_DTYPE else 0
+
+
 @contextmanager
 def _tf32_matmuls(enabled: bool) -> Iterator[None]:
     """Within the block, fp32 matmuls may use TF32 tensor cores (``torch.set_float32_matmul_precision("high")``);
@@ -74,6 +84,13 @@ class ZipSplatConfig:
         but a 65504 range: weights whose activations overflow it give non-finite outputs, which raise an error that
         says to use ``"bf16"``. Opt-in.
       * ``"amp-bf16"``: fp32 weights, bf16 autocast around backbone + fusion (for mixed-precision training).
+
+    ``fp32_blocks`` (bf16 / fp16 modes only): the first ``fp32_blocks`` ViT blocks keep fp32 Linear weights (their
+    matmuls run on TF32 tensor cores on CUDA, in fp32 on the CPU; their attention still runs in the fast dtype). The
+    early blocks' rounding is amplified by every block after them (benchmarks/bench_bf16_sensitivity.json), so this
+    trades speed for accuracy (H200, giant, random weights: 6 blocks bring bf16's worst means error over five
+    weight draws from 1.27e-2 to 0.83e-2 and cost 5.6 ms at 24 views compiled; benchmarks/bench_fp32_blocks*.json,
+    bench_inference_h200_fp32_blocks.json). Opt-in: ``0`` (the default) is plain bf16 / fp16 storage.
     """
 
     variant: str = "giant"
@@ -98,6 +115,7 @@ class ZipSplatConfig:
     image_size: int = IMAGE_SIZE
     # speed / memory
     precision: Precision = "fp32"
+    fp32_blocks: int = 0  # fast modes: leading ViT blocks kept in fp32 / TF32 (see above)
     grad_checkpointing: bool = False
     compile: bool = False
     use_xformers: bool | None = None  # None: use the fused SwiGLU kernel iff xformers is importable
@@ -245,6 +263,7 @@ class ZipSplat(nn.Module):
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
         spec = cfg.backbone_spec()
+        _check_fp32_blocks(cfg.fp32_blocks, spec.depth)
         self.config = cfg
         self.spec = spec
         D = spec.embed_dim
@@ -327,9 +346,10 @@ class ZipSplat(nn.Module):
 
     def matmul_parameters(self) -> dict[str, nn.Parameter]:
         """Trunk parameters stored in bf16 / fp16 by the fast modes: weights and biases of every ``nn.Linear`` inside
-        :meth:`trunk_modules` (LayerNorm, LayerScale, tokens, pos_embed and the patch-embedding conv are not included:
-        see ``ZipSplatConfig.precision``)."""
+        :meth:`trunk_modules` except the first ``config.fp32_blocks`` ViT blocks (LayerNorm, LayerScale, tokens,
+        pos_embed and the patch-embedding conv are not included: see ``ZipSplatConfig.precision``)."""
         trunk = {id(m) for t in self.trunk_modules() for m in t.modules()}
+        trunk -= {id(m) for b in self.backbone.backbone.blocks[: self.num_fp32_blocks()] for m in b.modules()}
         out: dict[str, nn.Parameter] = {}
         for name, mod in self.named_modules():
             if id(mod) in trunk and isinstance(mod, nn.Linear):
@@ -342,6 +362,9 @@ class ZipSplat(nn.Module):
         """Cast the matmul parameters in place. Going below fp32, the fp32 originals are kept on the CPU (outside the
         state dict) so that casting back to fp32 restores them bit for bit."""
         params = self.matmul_parameters()
+        # the fp32 blocks' attention runs in the fast dtype (flash kernels); None restores plain fp32 attention
+        for block in self.backbone.backbone.blocks[: self.num_fp32_blocks()]:
+            block.attn.sdpa_dtype = None if dtype == torch.float32 else dtype
         changed = False
         for name, p in params.items():
             if p.dtype == dtype:
@@ -370,9 +393,15 @@ class ZipSplat(nn.Module):
             if isinstance(v, Tensor):
                 self._fp32_master[name] = v.detach().to("cpu", torch.float32, copy=True)
 
-    def set_precision(self, precision: Precision, *, keep_fp32_master: bool = True) -> "ZipSplat":
+    def set_precision(
+        self,
+        precision: Precision,
+        *,
+        fp32_blocks: int | None = None,
+        keep_fp32_master: bool = True,
+    ) -> "ZipSplat":
         """Switch precision mode in place (casts the stored trunk matmul weights to bf16 for ``"bf16"``, fp16 for
-        ``"fp16"``, back to fp32 otherwise).
+        ``"fp16"``, back to fp32 otherwise). ``fp32_blocks`` (when given) sets ``config.fp32_blocks`` too.
 
         Going to ``"bf16"`` / ``"fp16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the
         state dict), so that switching back (or between bf16 and fp16) starts from the exact fp32 weights; without it
@@ -381,9 +410,19 @@ class ZipSplat(nn.Module):
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        k = self.config.fp32_blocks if fp32_blocks is None else fp32_blocks
+        _check_fp32_blocks(k, self.spec.depth)
+        new_cfg = replace(self.config, precision=precision, fp32_blocks=k)
+        if _fp32_block_count(new_cfg, self.spec.depth) != self.num_fp32_blocks():
+            self._cast_trunk(torch.float32)  # back to the fp32 originals before the set of cast blocks changes
+        self.config.fp32_blocks = k
         self.config.precision = precision
         self._cast_trunk(_TRUNK_DTYPE.get(precision, torch.float32), keep_master=keep_fp32_master)
         return self
+
+    def num_fp32_blocks(self) -> int:
+        """How many leading ViT blocks the current precision mode keeps in fp32 (``ZipSplatConfig.fp32_blocks``)."""
+        return _fp32_block_count(self.config, self.spec.depth)
 
     def set_fusion_sdpa(self, mode: str) -> "ZipSplat":
         """Attention kernels of the fusion stage: ``"default"`` (PyTorch's choice) or ``"no-cudnn"`` (see the config)."""
@@ -556,8 +595,10 @@ class ZipSplat(nn.Module):
         """Full forward pass returning per-Gaussian tensors, the raw head output and the selected token indices."""
         images, cameras, poses = self._prepare_inputs(images, cameras, poses, use_priors, compression)
         B, V = images.shape[:2]
+        fast_cuda = self.config.precision in _TRUNK_DTYPE and images.is_cuda
         with self._trunk_autocast(images.device):
-            feats = self.backbone(images, cameras, poses)[::-1]  # deepest tap first (index 0 = last out_layer)
+            with _tf32_matmuls(fast_cuda and self.num_fp32_blocks() > 0):  # only the fp32 blocks' matmuls are fp32
+                feats = self.backbone(images, cameras, poses)[::-1]  # deepest tap first (index 0 = last out_layer)
             layer_tokens = [self._prepare(l, f) for l, f in enumerate(feats)]  # each (B, V*P, D)
             N = layer_tokens[0].shape[1]
             K = kmeans_lib.num_selected_tokens(N, compression)
@@ -572,7 +613,7 @@ class ZipSplat(nn.Module):
                 scene = scene + self._maybe_ckpt(self.cross_attention[l], gather(keys), keys)
                 scene = self._maybe_ckpt(self.self_attention[l], scene)
         # colour skip branch (fp32): 14x14 patch embedding of the raw RGB, then standard cross-attention
-        with _tf32_matmuls(self.config.precision in _TRUNK_DTYPE and images.is_cuda):
+        with _tf32_matmuls(fast_cuda):
             color_tokens = self.color_embed(images.flatten(0, 1).float()).reshape(B, -1, self.config.color_dim)
             color_feats = self.color_cross_attention(gather(color_tokens), color_tokens)
             raw = self.gaussian_head(torch.cat([scene.float(), color_feats.float()], -1))
