@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import cuda_median_ms, draw_inputs, log, means_rel_err, set_tf32  # noqa: E402
+from bench_inference import cuda_median_ms, draw_inputs, draw_inputs_of_draw, log, means_rel_err, set_tf32  # noqa: E402
 
 from zipsplat_ns.models.network import ZipSplat  # noqa: E402
 
@@ -36,8 +36,7 @@ def inputs_for(seed: int, views: list[int], dev: torch.device) -> dict[int, torc
         bench_views = [2, 6, 12, 24, 64]  # its default --views 2 6 12 24 --memory-views 64, drawn in this order
         extra = sorted(set(views) - set(bench_views))
         return draw_inputs(bench_views + extra, seed, dev)
-    g = torch.Generator(device=dev).manual_seed(seed + 1000)  # accuracy_over_draws: one generator, V in order
-    return {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in views}
+    return draw_inputs_of_draw(views, seed, dev)
 
 
 def main() -> int:

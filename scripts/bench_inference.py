@@ -242,6 +242,12 @@ def draw_inputs(views: list[int], seed: int, dev: torch.device) -> dict[int, tor
     return {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in views}
 
 
+def draw_inputs_of_draw(views: list[int], seed: int, dev: torch.device) -> dict[int, torch.Tensor]:
+    """The images of ``--accuracy-draws``' weight draw ``seed``: one generator (``seed + 1000``), V in order."""
+    g = torch.Generator(device=dev).manual_seed(seed + 1000)
+    return {v: torch.rand(1, v, 3, 252, 252, device=dev, generator=g) for v in views}
+
+
 def cuda_median_ms(fn, runs: int) -> float:
     """Median over ``runs`` calls of ``fn`` timed with CUDA events (each call synchronised), in ms."""
     ts = []
@@ -269,9 +275,7 @@ def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
         torch.manual_seed(seed)
         with torch.device(dev):
             model = ZipSplat(args.variant).eval()
-        g = torch.Generator(device=dev).manual_seed(seed + 1000)
-        for v in args.accuracy_views:
-            x = torch.rand(1, v, 3, 252, 252, device=dev, generator=g)
+        for v, x in draw_inputs_of_draw(args.accuracy_views, seed, dev).items():
             with torch.inference_mode():
                 model.set_precision("fp32")
                 ref = model.predict(x).means.double()

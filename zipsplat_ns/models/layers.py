@@ -43,6 +43,12 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, backends: "tuple[SDPBackend, ...] | N
         return F.scaled_dot_product_attention(q, k, v)
 
 
+def cast_for_weight(x: Tensor, w: Tensor) -> Tensor:
+    """The fast modes' input rule: a bf16 / fp16 *stored* weight gets its input cast to its dtype right before the
+    matmul (the numerics of autocast, without casting the weight on every call); with an fp32 weight, ``x`` as is."""
+    return x.to(w.dtype) if w.dtype in _LOW_PRECISION and x.dtype != w.dtype else x
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` that also runs with low-precision *stored* weights on a higher-precision input.
 
@@ -53,20 +59,14 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
-        if w.dtype in _LOW_PRECISION and x.dtype != w.dtype:
-            x = x.to(w.dtype)
-        return F.linear(x, w, self.bias)
+        return F.linear(cast_for_weight(x, self.weight), self.weight, self.bias)
 
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with the same input-cast rule as :class:`Linear` (used for the patch embedding)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
-        if w.dtype in _LOW_PRECISION and x.dtype != w.dtype:
-            x = x.to(w.dtype)
-        return self._conv_forward(x, w, self.bias)
+        return self._conv_forward(cast_for_weight(x, self.weight), self.weight, self.bias)
 
 
 def _qk_norm_rope(t: Tensor, norm: nn.Module, rope: "RopeTables | None") -> Tensor:
@@ -136,8 +136,7 @@ class SwiGLUFFN(nn.Module):
 
     def forward(self, x: Float[Tensor, "... D"]) -> Float[Tensor, "... D"]:
         if self.use_xformers and x.is_cuda and _xformers_swiglu is not None:
-            if self.w12.weight.dtype in _LOW_PRECISION:
-                x = x.to(self.w12.weight.dtype)  # fused kernel needs one dtype (bf16 fast mode: fp32 stream)
+            x = cast_for_weight(x, self.w12.weight)  # fused kernel needs one dtype (bf16 fast mode: fp32 stream)
             w1, w2 = self.w12.weight.chunk(2, dim=0)
             b1, b2 = self.w12.bias.chunk(2, dim=0)
             try:

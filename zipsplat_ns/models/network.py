@@ -43,9 +43,9 @@ def _check_fp32_blocks(k: int, depth: int) -> None:
         raise ValueError(f"fp32_blocks must be in [0, {depth}] (the ViT depth), got {k}")
 
 
-def _fp32_block_count(cfg: "ZipSplatConfig", depth: int) -> int:
-    """Leading ViT blocks kept in fp32 by ``cfg.precision`` (see ``ZipSplatConfig.fp32_blocks``)."""
-    return cfg.fp32_blocks if cfg.precision in _TRUNK_DTYPE else 0
+def _fp32_block_count(precision: str, fp32_blocks: int) -> int:
+    """Leading ViT blocks kept in fp32 by ``precision`` (``fp32_blocks`` only applies to the bf16 / fp16 modes)."""
+    return fp32_blocks if precision in _TRUNK_DTYPE else 0
 
 
 @contextmanager
@@ -412,8 +412,7 @@ class ZipSplat(nn.Module):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         k = self.config.fp32_blocks if fp32_blocks is None else fp32_blocks
         _check_fp32_blocks(k, self.spec.depth)
-        new_cfg = replace(self.config, precision=precision, fp32_blocks=k)
-        if _fp32_block_count(new_cfg, self.spec.depth) != self.num_fp32_blocks():
+        if _fp32_block_count(precision, k) != self.num_fp32_blocks():
             self._cast_trunk(torch.float32)  # back to the fp32 originals before the set of cast blocks changes
         self.config.fp32_blocks = k
         self.config.precision = precision
@@ -422,7 +421,7 @@ class ZipSplat(nn.Module):
 
     def num_fp32_blocks(self) -> int:
         """How many leading ViT blocks the current precision mode keeps in fp32 (``ZipSplatConfig.fp32_blocks``)."""
-        return _fp32_block_count(self.config, self.spec.depth)
+        return _fp32_block_count(self.config.precision, self.config.fp32_blocks)
 
     def set_fusion_sdpa(self, mode: str) -> "ZipSplat":
         """Attention kernels of the fusion stage: ``"default"`` (PyTorch's choice) or ``"no-cudnn"`` (see the config)."""
