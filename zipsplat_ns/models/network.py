@@ -88,9 +88,10 @@ class ZipSplatConfig:
     ``fp32_blocks`` (bf16 / fp16 modes only): the first ``fp32_blocks`` ViT blocks keep fp32 Linear weights (their
     matmuls run on TF32 tensor cores on CUDA, in fp32 on the CPU; their attention still runs in the fast dtype). The
     early blocks' rounding is amplified by every block after them (benchmarks/bench_bf16_sensitivity.json), so this
-    trades speed for accuracy (H200, giant, random weights: 6 blocks bring bf16's worst means error over five
-    weight draws from 1.27e-2 to 0.83e-2 and cost 5.6 ms at 24 views compiled; benchmarks/bench_fp32_blocks*.json,
-    bench_inference_h200_fp32_blocks.json). Opt-in: ``0`` (the default) is plain bf16 / fp16 storage.
+    trades speed for accuracy (H200, giant, random weights, five weight draws: 6 blocks bring bf16's worst means
+    error from 1.27e-2 to 0.82e-2 at 2 and 6 views, benchmarks/bench_fp32_blocks.json; 0.85e-2 at worst over V = 2..64
+    and 71.3 ms against 65.7 ms for a compiled 24-view forward, bench_inference_h200_fp32_blocks.json against
+    bench_inference_h200.json). Opt-in: ``0`` (the default) is plain bf16 / fp16 storage.
     """
 
     variant: str = "giant"
