@@ -674,3 +674,18 @@ def test_fp32_blocks_keep_leading_vit_blocks_fp32(tiny, images2) -> None:
     with pytest.raises(ValueError, match="fp32_blocks must be in"):
         fast.set_precision("bf16", fp32_blocks=tiny.spec.depth + 1)
 
+
+
+def test_network_built_under_inference_mode_predicts() -> None:
+    """A network constructed inside ``torch.inference_mode`` (its parameters are inference tensors, which have no
+    version counter) predicts, twice, and gives the same Gaussians as one built normally (the resized pos_embed table
+    is then not cached, as a weight edit could not be detected)."""
+    torch.manual_seed(0)
+    ref = ZipSplat("tiny", image_size=28).eval()
+    x = torch.rand(1, 2, 3, 28, 28)
+    with torch.inference_mode():
+        net = ZipSplat("tiny", image_size=28).eval()
+        net.load_state_dict(ref.state_dict())
+        first, second = net.predict(x).means, net.predict(x).means
+        expected = ref.predict(x).means
+    assert torch.equal(first, expected) and torch.equal(second, expected)

@@ -124,12 +124,14 @@ class DA3ViT(nn.Module):
         pos = self.pos_embed
         # Inference: the resized table depends only on the weights and the grid, so it is cached (the bicubic resize of
         # the 37x37 table costs several ms on a GPU). The key includes the parameter's version counter and storage,
-        # so loading or editing weights invalidates it; with autograd enabled nothing is cached.
-        cache_key = (grid_h, grid_w, dtype, pos.device, pos._version, pos.data_ptr())
-        if not torch.is_grad_enabled() and getattr(self, "_pos_cache_key", None) == cache_key:
+        # so loading or editing weights invalidates it; with autograd enabled nothing is cached, nor for a model built
+        # under torch.inference_mode (inference tensors have no version counter, so an edit could not be seen).
+        cacheable = not torch.is_grad_enabled() and not pos.is_inference()
+        cache_key = (grid_h, grid_w, dtype, pos.device, pos._version, pos.data_ptr()) if cacheable else None
+        if cacheable and getattr(self, "_pos_cache_key", None) == cache_key:
             return self._pos_cache
         out = self._interpolate_pos_embed(pos, grid_h, grid_w, dtype)
-        if not torch.is_grad_enabled():
+        if cacheable:
             self._pos_cache_key, self._pos_cache = cache_key, out
         return out
 
