@@ -34,7 +34,7 @@ def studied_parameters(model: ZipSplat) -> dict[str, torch.nn.Parameter]:
     """The fast modes' low-precision trunk weights plus the patch-embedding conv (which the fast modes keep in fp32
     since this script's first run showed its share of the error; it is studied here in both dtypes)."""
     pe = model.backbone.backbone.patch_embed.proj
-    return {**model.matmul_parameters(), **{f"backbone.backbone.patch_embed.proj.{k}": p
+    return {**model.trunk_linear_parameters(), **{f"backbone.backbone.patch_embed.proj.{k}": p
                                             for k, p in pe.named_parameters()}}  # fmt: skip
 
 

@@ -26,7 +26,9 @@ the weights and reports every draw's error, their median and maximum: with rando
 representative (benchmarks/bench_bf16_accuracy.json: 0.5 % and 1.6 % for two draws of the same seed).
 
 ``--fp32-blocks k`` runs the fast modes with their first k ViT blocks in fp32 / TF32 (``ZipSplatConfig.fp32_blocks``;
-scripts/bench_fp32_blocks.py sweeps k for accuracy).
+scripts/bench_fp32_blocks.py sweeps k for accuracy). ``--fp16-blocks k`` sets the bf16 mode's leading fp16 blocks
+(``ZipSplatConfig.fp16_blocks``; default ``depth // 4``, ``0`` = plain bf16 storage; ``bench_fp32_blocks.py
+--fp16-blocks`` sweeps it).
 
 Usage: ``python scripts/bench_inference.py --output $OUT/bench_inference.json``
 """
@@ -131,6 +133,9 @@ def main() -> None:
     ap.add_argument("--fp32-blocks", type=int, default=None,
                     help="ZipSplatConfig.fp32_blocks of the bf16 / fp16 modes: leading ViT blocks kept in fp32 (TF32 "
                          "matmuls); default: the config's default")  # fmt: skip
+    ap.add_argument("--fp16-blocks", type=int, default=None,
+                    help="ZipSplatConfig.fp16_blocks of the bf16 mode: leading ViT blocks in fp16; default: the config's "
+                         "default (depth // 4); 0 = plain bf16 storage")  # fmt: skip
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -164,12 +169,12 @@ def main() -> None:
         set_tf32(mode == "tf32")
         views = all_views
         if mode in LOW:
-            model.set_precision(mode, fp32_blocks=args.fp32_blocks)  # from the fp32 originals (kept on the CPU by the first cast)
+            model.set_precision(mode, fp32_blocks=args.fp32_blocks, fp16_blocks=args.fp16_blocks)  # from the fp32 originals (kept on the CPU by the first cast)
         if mode.endswith("+compile"):
             log(f"torch.compile of the blocks (mode={args.compile_mode}; the warm-up of each new V compiles) ...")
             views = [(v, args.runs) for v in args.views]
             try:
-                model.set_precision(mode.split("+")[0], fp32_blocks=args.fp32_blocks)
+                model.set_precision(mode.split("+")[0], fp32_blocks=args.fp32_blocks, fp16_blocks=args.fp16_blocks)
                 if not compiled:
                     model.compile(mode=args.compile_mode)  # in place; a new dtype recompiles on its first call
                     compiled = True
@@ -235,6 +240,11 @@ def main() -> None:
     print(json.dumps(summary["checks"], indent=1))
 
 
+def _depth(args) -> int:
+    """ViT depth of ``args.variant`` (for the resolved fp16_blocks in the JSON)."""
+    return ZipSplatConfig(variant=args.variant).backbone_spec().depth
+
+
 def draw_inputs(views: list[int], seed: int, dev: torch.device) -> dict[int, torch.Tensor]:
     """The benchmark's random images: one generator (``seed + 1``) drawing a ``(1, V, 3, 252, 252)`` batch per V, in
     the order given (so the same ``views`` list gives the same images in every script)."""
@@ -280,7 +290,7 @@ def accuracy_over_draws(args, dev: torch.device) -> list[dict]:
                 model.set_precision("fp32")
                 ref = model.predict(x).means.double()
                 for mode in [m for m in LOW if m == "bf16" or m in args.modes]:
-                    model.set_precision(mode, fp32_blocks=args.fp32_blocks)
+                    model.set_precision(mode, fp32_blocks=args.fp32_blocks, fp16_blocks=args.fp16_blocks)
                     rel = means_rel_err(model.predict(x).means.double(), ref)
                     row = {"seed": seed, "views": v, "means_rel_err": rel}
                     rows.append(row if mode == "bf16" else {**row, "mode": mode})
@@ -336,6 +346,8 @@ def _write(args, results, accuracy, n_params, t0, dev, draws: list[dict] | None 
         "compile": args.compile,
         "compile_mode": args.compile_mode,
         "fp32_blocks": args.fp32_blocks if args.fp32_blocks is not None else ZipSplatConfig().fp32_blocks,
+        # the bf16 mode's leading fp16 ViT blocks, resolved (None = the default, depth // 4)
+        "fp16_blocks": _depth(args) // 4 if args.fp16_blocks is None else args.fp16_blocks,
         "timing": f"median of runs (CUDA events) after {args.warmup} warm-up runs, inference_mode, B=1, 252 px",
         "results": results,
         "bf16_accuracy": accuracy,  # every reduced-precision mode and V (bf16 and fp16 keys)

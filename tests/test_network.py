@@ -386,7 +386,9 @@ def test_forward_returns_gaussians(tiny, images2) -> None:
 def test_bf16_mode_close_to_fp32(tiny, images2) -> None:
     fast = ZipSplat("tiny", precision="bf16").eval()
     fast.load_state_dict(tiny.state_dict())
-    assert fast.backbone.backbone.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    vit = fast.backbone.backbone
+    assert vit.blocks[0].attn.qkv.weight.dtype == torch.float16  # fp16_blocks: depth // 4 = 2 leading blocks
+    assert vit.blocks[2].attn.qkv.weight.dtype == torch.bfloat16
     assert fast.self_attention[0].mlp.fc1.weight.dtype == torch.bfloat16
     assert fast.gaussian_head.gaussian_head[1].weight.dtype == torch.float32
     assert fast.color_cross_attention.attn.q_proj.weight.dtype == torch.float32
@@ -401,12 +403,13 @@ def test_bf16_mode_close_to_fp32(tiny, images2) -> None:
 
 def test_bf16_mode_fp32_stream_and_norms(tiny, images2) -> None:
     """bf16 mode: only matmul weights are bf16 (LayerNorm / LayerScale / tokens stay fp32); same numerics as autocast;
-    state-dict keys unchanged; switching back to fp32 restores the exact weights (also after a load in bf16)."""
+    state-dict keys unchanged; switching back to fp32 restores the exact weights (also after a load in bf16).
+    ``fp16_blocks=0``: plain bf16 storage (the fp16 leading blocks have their own test)."""
     import copy
 
     from torch import nn
 
-    fast = copy.deepcopy(tiny).set_precision("bf16")
+    fast = copy.deepcopy(tiny).set_precision("bf16", fp16_blocks=0)
     assert list(fast.state_dict()) == list(tiny.state_dict())
     lowp = set(fast.matmul_parameters())
     assert "downscale.0.weight" in lowp and "backbone.backbone.blocks.0.attn.qkv.weight" in lowp
@@ -453,7 +456,7 @@ def test_bf16_mode_fp32_stream_and_norms(tiny, images2) -> None:
     for k, v in tiny.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     torch.manual_seed(7)
-    other = ZipSplat("tiny", precision="bf16").eval()
+    other = ZipSplat("tiny", precision="bf16", fp16_blocks=0).eval()
     other.load_state_dict(tiny.state_dict(), strict=True)
     other.set_precision("fp32")
     with torch.inference_mode():
@@ -491,7 +494,7 @@ def test_fp16_mode_stores_fp16_and_is_closer_to_fp32_than_bf16(tiny, images2) ->
         assert torch.equal(p, tiny.state_dict()[name].to(torch.float16)), name  # not via bf16's rounding
     assert half.gaussian_head.gaussian_head[1].weight.dtype == torch.float32
     assert list(half.state_dict()) == list(tiny.state_dict())
-    bf = copy.deepcopy(tiny).set_precision("bf16")
+    bf = copy.deepcopy(tiny).set_precision("bf16", fp16_blocks=0)
     with torch.inference_mode():
         ref = tiny.predict(images2).means
         e16 = float((half.predict(images2).means - ref).norm() / ref.norm())
@@ -649,15 +652,16 @@ def test_fusion_sdpa_no_cudnn_restricts_only_the_fusion_attention(monkeypatch) -
 
 
 def test_fp32_blocks_keep_leading_vit_blocks_fp32(tiny, images2) -> None:
-    """``fp32_blocks=k`` in the bf16 mode: the first k ViT blocks keep fp32 Linear weights (attention in bf16), the
-    rest are bf16; all ViT blocks in fp32 is closer to fp32 than none; changing k restores the exact fp32 weights."""
+    """``fp32_blocks=k`` in the bf16 mode (plain bf16 storage, ``fp16_blocks=0``): the first k ViT blocks keep fp32
+    Linear weights (attention in bf16), the rest are bf16; all ViT blocks in fp32 is closer to fp32 than none;
+    changing k restores the exact fp32 weights."""
     import copy
 
     with torch.inference_mode():
         ref = tiny.predict(images2).means
     errs = {}
     for k in (0, 2, tiny.spec.depth):
-        fast = copy.deepcopy(tiny).set_precision("bf16", fp32_blocks=k)
+        fast = copy.deepcopy(tiny).set_precision("bf16", fp32_blocks=k, fp16_blocks=0)
         blocks = fast.backbone.backbone.blocks
         assert fast.num_fp32_blocks() == k
         for i, b in enumerate(blocks):
@@ -671,8 +675,58 @@ def test_fp32_blocks_keep_leading_vit_blocks_fp32(tiny, images2) -> None:
     assert fast.num_fp32_blocks() == 0 and fast.backbone.backbone.blocks[0].attn.sdpa_dtype is None
     for key, v in tiny.state_dict().items():
         assert torch.equal(fast.state_dict()[key], v), key
-    with pytest.raises(ValueError, match="fp32_blocks must be in"):
+    with pytest.raises(ValueError, match="fp32_blocks must be an int in"):
         fast.set_precision("bf16", fp32_blocks=tiny.spec.depth + 1)
+
+
+def test_fp16_blocks_run_leading_vit_blocks_in_fp16(tiny, images2) -> None:
+    """bf16 mode's ``fp16_blocks`` (default ``depth // 4``): the first blocks store fp16 weights cast from the fp32
+    originals, the rest bf16; fp16 everywhere in the ViT is closer to fp32 than plain bf16; ``fp32_blocks`` wins where
+    both apply (its attention then runs in fp16); exact fp32 restore; bad counts and fp16 overflow are clear errors."""
+    import copy
+
+    depth = tiny.spec.depth
+    sd = tiny.state_dict()
+
+    def block_dtypes(net: ZipSplat) -> list[torch.dtype]:
+        return [b.mlp.fc2.weight.dtype for b in net.backbone.backbone.blocks]
+
+    bf, f16, i32 = torch.bfloat16, torch.float16, torch.float32
+    default = copy.deepcopy(tiny).set_precision("bf16", fp16_blocks=0).set_precision("bf16", fp16_blocks=None)
+    assert default.num_fp16_blocks() == depth // 4 == 2
+    assert block_dtypes(default) == [f16, f16] + [bf] * (depth - 2) == default.vit_block_dtypes()
+    assert default.downscale[0].weight.dtype == bf and default.backbone.cam_enc.trunk[0].attn.qkv.weight.dtype == bf
+    assert all(b.attn.sdpa_dtype is None for b in default.backbone.backbone.blocks)  # each block's own dtype
+    w = "backbone.backbone.blocks.1.attn.qkv.weight"  # from the fp32 master, not via bf16's rounding
+    assert torch.equal(default.state_dict()[w], sd[w].to(f16))
+    assert ZipSplat("tiny", precision="bf16").num_fp16_blocks() == 2  # the config default
+    assert ZipSplat("tiny", precision="fp16", fp16_blocks=3).num_fp16_blocks() == 0  # bf16 mode only
+    both = copy.deepcopy(tiny).set_precision("bf16", fp32_blocks=1, fp16_blocks=3)
+    assert block_dtypes(both) == [i32, f16, f16] + [bf] * (depth - 3)
+    assert [b.attn.sdpa_dtype for b in both.backbone.backbone.blocks[:2]] == [f16, None]
+    with torch.inference_mode():
+        ref = tiny.predict(images2).means
+        errs = {}
+        for k in (0, depth):
+            out = copy.deepcopy(tiny).set_precision("bf16", fp16_blocks=k).predict(images2).means
+            errs[k] = float((out - ref).norm() / ref.norm())
+    assert 0 < errs[depth] < errs[0] * 0.8, errs
+    back = copy.deepcopy(both).set_precision("fp32")
+    assert all(b.attn.sdpa_dtype is None for b in back.backbone.backbone.blocks)
+    for key, v in sd.items():
+        assert torch.equal(back.state_dict()[key], v), key
+    for bad in (depth + 1, -1, True, 1.5):
+        with pytest.raises(ValueError, match="fp16_blocks must be an int in"):
+            copy.deepcopy(tiny).set_precision("bf16", fp16_blocks=bad)
+    with pytest.raises(ValueError, match="fp16_blocks must be an int in"):
+        ZipSplat("tiny", fp16_blocks=depth + 1)
+    # an activation beyond fp16's range inside an fp16 block: a clear error that names the fix, not NaN Gaussians
+    with torch.no_grad():
+        fc1 = default.backbone.backbone.blocks[0].mlp.fc1
+        fc1.weight.normal_(0.0, 1000.0)
+        fc1.bias.fill_(60000.0)  # fc1's fp16 output then exceeds fp16's 65504
+    with torch.inference_mode(), pytest.raises(FloatingPointError, match="set fp16_blocks=0"):
+        default.predict(images2)
 
 
 

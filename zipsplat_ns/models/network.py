@@ -38,14 +38,26 @@ PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16")
 _TRUNK_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _check_fp32_blocks(k: int, depth: int) -> None:
-    if not 0 <= k <= depth:
-        raise ValueError(f"fp32_blocks must be in [0, {depth}] (the ViT depth), got {k}")
+def _check_lead_blocks(name: str, k: int | None, depth: int) -> None:
+    """``fp32_blocks`` / ``fp16_blocks`` count leading ViT blocks: ``0 <= k <= depth`` (``fp16_blocks`` may be None)."""
+    if k is None and name == "fp16_blocks":
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= depth:
+        raise ValueError(f"{name} must be an int in [0, {depth}] (the ViT depth), got {k!r}")
 
 
-def _fp32_block_count(precision: str, fp32_blocks: int) -> int:
-    """Leading ViT blocks kept in fp32 by ``precision`` (``fp32_blocks`` only applies to the bf16 / fp16 modes)."""
-    return fp32_blocks if precision in _TRUNK_DTYPE else 0
+def _vit_block_dtypes(precision: str, fp32_blocks: int, fp16_blocks: int | None, depth: int) -> list[torch.dtype]:
+    """Storage dtype of each ViT block's Linear weights under ``precision``.
+
+    fp32 / amp-bf16: all fp32. fp16: the first ``fp32_blocks`` fp32, the rest fp16. bf16: the first ``fp32_blocks``
+    fp32, then fp16 up to block ``fp16_blocks`` (None: ``depth // 4``), the rest bf16. Each count is "the first k
+    blocks are at least this precise", so fp32 wins where both apply.
+    """
+    fast = _TRUNK_DTYPE.get(precision)
+    if fast is None:
+        return [torch.float32] * depth
+    n16 = (depth // 4 if fp16_blocks is None else fp16_blocks) if fast == torch.bfloat16 else 0
+    return [torch.float32 if i < fp32_blocks else torch.float16 if i < n16 else fast for i in range(depth)]
 
 
 @contextmanager
@@ -85,13 +97,21 @@ class ZipSplatConfig:
         says to use ``"bf16"``. Opt-in.
       * ``"amp-bf16"``: fp32 weights, bf16 autocast around backbone + fusion (for mixed-precision training).
 
-    ``fp32_blocks`` (bf16 / fp16 modes only): the first ``fp32_blocks`` ViT blocks keep fp32 Linear weights (their
-    matmuls run on TF32 tensor cores on CUDA, in fp32 on the CPU; their attention still runs in the fast dtype). The
-    early blocks' rounding is amplified by every block after them (benchmarks/bench_bf16_sensitivity.json), so this
-    trades speed for accuracy (H200, giant, random weights, five weight draws: 6 blocks bring bf16's worst means
-    error from 1.27e-2 to 0.82e-2 at 2 and 6 views, benchmarks/bench_fp32_blocks.json; 0.85e-2 at worst over V = 2..64
-    and 71.3 ms against 65.7 ms for a compiled 24-view forward, bench_inference_h200_fp32_blocks.json against
-    bench_inference_h200.json). Opt-in: ``0`` (the default) is plain bf16 / fp16 storage.
+    ``fp16_blocks`` (bf16 mode only; ``None``, the default, means ``depth // 4``: 10 of giant's 40 blocks): the first
+    ``fp16_blocks`` ViT blocks store fp16 Linear weights and run their matmuls and attention in fp16, the deeper ones
+    bf16. The early blocks' rounding is amplified by every block after them (benchmarks/bench_bf16_sensitivity.json),
+    and fp16's 10 mantissa bits round 8x finer than bf16's 7 on the same tensor cores, so this costs no time; the deep
+    blocks keep bf16's range, where ViTs grow their large-norm outlier activations. Ours, not the reference's (whose
+    inference is fp32): ``fp16_blocks=0`` is plain bf16 storage. If the weights overflow fp16 in those blocks the
+    output is non-finite, which raises an error that says to set ``fp16_blocks=0``; never a silent NaN.
+
+    ``fp32_blocks`` (bf16 / fp16 modes; opt-in, default 0): the first ``fp32_blocks`` ViT blocks keep fp32 Linear
+    weights (their matmuls run on TF32 tensor cores on CUDA, in fp32 on the CPU; their attention runs in the fast
+    dtype, fp16 inside the ``fp16_blocks``). Slower: TF32 runs at half the bf16 rate (H200, giant, random weights, five
+    weight draws, ``fp16_blocks=0``: 6 blocks bring bf16's worst means error from 1.27e-2 to 0.82e-2 at 2 and 6 views,
+    benchmarks/bench_fp32_blocks.json; 0.85e-2 at worst over V = 2..64 and 71.3 ms against 65.7 ms for a compiled
+    24-view forward, bench_inference_h200_fp32_blocks.json against bench_inference_h200.json). Where both counts apply,
+    fp32 wins.
     """
 
     variant: str = "giant"
@@ -116,6 +136,7 @@ class ZipSplatConfig:
     image_size: int = IMAGE_SIZE
     # speed / memory
     precision: Precision = "fp32"
+    fp16_blocks: int | None = None  # bf16 mode: leading ViT blocks in fp16 (None: depth // 4; see above)
     fp32_blocks: int = 0  # fast modes: leading ViT blocks kept in fp32 / TF32 (see above)
     grad_checkpointing: bool = False
     compile: bool = False
@@ -264,7 +285,8 @@ class ZipSplat(nn.Module):
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
         spec = cfg.backbone_spec()
-        _check_fp32_blocks(cfg.fp32_blocks, spec.depth)
+        _check_lead_blocks("fp32_blocks", cfg.fp32_blocks, spec.depth)
+        _check_lead_blocks("fp16_blocks", cfg.fp16_blocks, spec.depth)
         self.config = cfg
         self.spec = spec
         D = spec.embed_dim
@@ -301,7 +323,7 @@ class ZipSplat(nn.Module):
                 self.load_backbone_weights(cfg.backbone_weights, allow_pickle=allow_pickle)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.precision in _TRUNK_DTYPE:
-            self._cast_trunk(_TRUNK_DTYPE[cfg.precision])
+            self._cast_trunk()
         if cfg.compile:
             self.compile()
 
@@ -345,39 +367,69 @@ class ZipSplat(nn.Module):
             self.self_attention,
         ]
 
-    def matmul_parameters(self) -> dict[str, nn.Parameter]:
-        """Trunk parameters stored in bf16 / fp16 by the fast modes: weights and biases of every ``nn.Linear`` inside
-        :meth:`trunk_modules` except the first ``config.fp32_blocks`` ViT blocks (LayerNorm, LayerScale, tokens,
-        pos_embed and the patch-embedding conv are not included: see ``ZipSplatConfig.precision``)."""
+    def trunk_linear_parameters(self) -> dict[str, nn.Parameter]:
+        """Weights and biases of every ``nn.Linear`` inside :meth:`trunk_modules`: the parameters whose storage dtype
+        the fast modes set (LayerNorm, LayerScale, tokens, pos_embed and the patch-embedding conv always stay fp32)."""
         trunk = {id(m) for t in self.trunk_modules() for m in t.modules()}
-        trunk -= {id(m) for b in self.backbone.backbone.blocks[: self.num_fp32_blocks()] for m in b.modules()}
-        out: dict[str, nn.Parameter] = {}
-        for name, mod in self.named_modules():
-            if id(mod) in trunk and isinstance(mod, nn.Linear):
-                for pname, p in mod.named_parameters(recurse=False):
-                    out[f"{name}.{pname}"] = p
-        return out
+        return {
+            f"{name}.{pname}": p
+            for name, mod in self.named_modules()
+            if id(mod) in trunk and isinstance(mod, nn.Linear)
+            for pname, p in mod.named_parameters(recurse=False)
+        }
+
+    def storage_dtypes(self) -> dict[str, torch.dtype]:
+        """Storage dtype of every :meth:`trunk_linear_parameters` entry under the current precision mode: the fast
+        dtype, except inside the ViT blocks that ``fp32_blocks`` / ``fp16_blocks`` cover (see ``ZipSplatConfig``)."""
+        fast = _TRUNK_DTYPE.get(self.config.precision, torch.float32)
+        per_block = self.vit_block_dtypes()
+        prefix = "backbone.backbone.blocks."
+        return {
+            name: per_block[int(name[len(prefix):].split(".", 1)[0])] if name.startswith(prefix) else fast
+            for name in self.trunk_linear_parameters()
+        }
+
+    def vit_block_dtypes(self) -> list[torch.dtype]:
+        """Storage dtype of each ViT block's Linear weights under the current precision mode."""
+        cfg = self.config
+        return _vit_block_dtypes(cfg.precision, cfg.fp32_blocks, cfg.fp16_blocks, self.spec.depth)
+
+    def num_fp16_blocks(self) -> int:
+        """The bf16 mode's ``fp16_blocks`` count, resolved (``None`` -> ``depth // 4``); 0 in every other mode."""
+        if self.config.precision != "bf16":
+            return 0
+        return self.spec.depth // 4 if self.config.fp16_blocks is None else self.config.fp16_blocks
+
+    def matmul_parameters(self) -> dict[str, nn.Parameter]:
+        """The trunk Linear parameters that the current mode stores below fp32 (bf16 / fp16)."""
+        dtypes = self.storage_dtypes()
+        return {n: p for n, p in self.trunk_linear_parameters().items() if dtypes[n] != torch.float32}
 
     @torch.no_grad()
-    def _cast_trunk(self, dtype: torch.dtype, *, keep_master: bool = True) -> None:
-        """Cast the matmul parameters in place. Going below fp32, the fp32 originals are kept on the CPU (outside the
-        state dict) so that casting back to fp32 restores them bit for bit."""
-        params = self.matmul_parameters()
-        # the fp32 blocks' attention runs in the fast dtype (flash kernels); None restores plain fp32 attention
-        for block in self.backbone.backbone.blocks[: self.num_fp32_blocks()]:
-            block.attn.sdpa_dtype = None if dtype == torch.float32 else dtype
+    def _cast_trunk(self, *, keep_master: bool = True) -> None:
+        """Cast every trunk Linear parameter in place to its :meth:`storage_dtypes` entry. Going below fp32, the fp32
+        original is kept on the CPU (outside the state dict) and every later cast starts from it (bf16 -> fp16 must not
+        keep bf16's rounding), so casting back to fp32 restores it bit for bit."""
+        dtypes = self.storage_dtypes()
+        fast = _TRUNK_DTYPE.get(self.config.precision)
+        n16 = self.num_fp16_blocks()
+        # an fp32 ViT block's attention runs in the flash kernels of the dtype it would otherwise have (fp16 inside
+        # fp16_blocks, else the fast dtype); None: every other block's attention runs in its own dtype
+        for i, (block, dt) in enumerate(zip(self.backbone.backbone.blocks, self.vit_block_dtypes())):
+            lowp = torch.float16 if i < n16 else fast
+            block.attn.sdpa_dtype = lowp if dt == torch.float32 and fast is not None else None
         changed = False
-        for name, p in params.items():
+        for name, p in self.trunk_linear_parameters().items():
+            dtype = dtypes[name]
             if p.dtype == dtype:
                 continue
             changed = True
             master = self._fp32_master.get(name)
-            if master is None and keep_master and p.dtype == torch.float32 and dtype != torch.float32:
+            if master is None and keep_master and p.dtype == torch.float32:
                 self._fp32_master[name] = p.detach().to("cpu", copy=True)
-            # from the fp32 originals when there are any: bf16 -> fp16 must not keep bf16's rounding
             p.data = (master if master is not None else p.data).to(device=p.device, dtype=dtype)
-        if dtype == torch.float32:
-            self._fp32_master.clear()
+            if dtype == torch.float32:
+                self._fp32_master.pop(name, None)
         if changed and self._is_compiled:
             # Graphs traced for the old dtype can be reused after ``.data`` swaps (seen on the H200 with CUDA:
             # a bf16-compiled block called with fp16 weights failed with "mat1 and mat2 must have the same dtype"),
@@ -399,10 +451,12 @@ class ZipSplat(nn.Module):
         precision: Precision,
         *,
         fp32_blocks: int | None = None,
+        fp16_blocks: int | None | Literal["keep"] = "keep",
         keep_fp32_master: bool = True,
     ) -> "ZipSplat":
-        """Switch precision mode in place (casts the stored trunk matmul weights to bf16 for ``"bf16"``, fp16 for
-        ``"fp16"``, back to fp32 otherwise). ``fp32_blocks`` (when given) sets ``config.fp32_blocks`` too.
+        """Switch precision mode in place: re-cast the stored trunk Linear weights to the mode's
+        :meth:`storage_dtypes` (bf16 / fp16 for the fast modes, fp32 otherwise). ``fp32_blocks`` (when not None) and
+        ``fp16_blocks`` (unless ``"keep"``; None = ``depth // 4``) set those config fields too.
 
         Going to ``"bf16"`` / ``"fp16"`` keeps a CPU copy of the fp32 originals (``keep_fp32_master``, not in the
         state dict), so that switching back (or between bf16 and fp16) starts from the exact fp32 weights; without it
@@ -411,18 +465,17 @@ class ZipSplat(nn.Module):
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        k = self.config.fp32_blocks if fp32_blocks is None else fp32_blocks
-        _check_fp32_blocks(k, self.spec.depth)
-        if _fp32_block_count(precision, k) != self.num_fp32_blocks():
-            self._cast_trunk(torch.float32)  # back to the fp32 originals before the set of cast blocks changes
-        self.config.fp32_blocks = k
-        self.config.precision = precision
-        self._cast_trunk(_TRUNK_DTYPE.get(precision, torch.float32), keep_master=keep_fp32_master)
+        k32 = self.config.fp32_blocks if fp32_blocks is None else fp32_blocks
+        k16 = self.config.fp16_blocks if fp16_blocks == "keep" else fp16_blocks
+        _check_lead_blocks("fp32_blocks", k32, self.spec.depth)
+        _check_lead_blocks("fp16_blocks", k16, self.spec.depth)
+        self.config.fp32_blocks, self.config.fp16_blocks, self.config.precision = k32, k16, precision
+        self._cast_trunk(keep_master=keep_fp32_master)
         return self
 
     def num_fp32_blocks(self) -> int:
         """How many leading ViT blocks the current precision mode keeps in fp32 (``ZipSplatConfig.fp32_blocks``)."""
-        return _fp32_block_count(self.config.precision, self.config.fp32_blocks)
+        return self.config.fp32_blocks if self.config.precision in _TRUNK_DTYPE else 0
 
     def set_fusion_sdpa(self, mode: str) -> "ZipSplat":
         """Attention kernels of the fusion stage: ``"default"`` (PyTorch's choice) or ``"no-cudnn"`` (see the config)."""
@@ -617,10 +670,16 @@ class ZipSplat(nn.Module):
             color_tokens = self.color_embed(images.flatten(0, 1).float()).reshape(B, -1, self.config.color_dim)
             color_feats = self.color_cross_attention(gather(color_tokens), color_tokens)
             raw = self.gaussian_head(torch.cat([scene.float(), color_feats.float()], -1))
-        if self.config.precision == "fp16" and not bool(torch.isfinite(raw).all()):
+        n16 = self.num_fp16_blocks()
+        if (self.config.precision == "fp16" or n16 > 0) and not bool(torch.isfinite(raw).all()):
+            if self.config.precision == "fp16":
+                fix = "use precision='bf16' (about the same speed, bf16's range) or 'fp32'"
+            else:
+                fix = (f"the bf16 mode runs its first {n16} ViT blocks in fp16 (fp16_blocks); set fp16_blocks=0 "
+                       "(plain bf16, a little less accurate) or use precision='fp32'")
             raise FloatingPointError(
-                "precision='fp16': the network's output is not finite (an activation exceeded fp16's range of 65504 "
-                "with these weights); use precision='bf16' (about the same speed, bf16's range) or 'fp32'"
+                f"precision={self.config.precision!r}: the network's output is not finite (an activation exceeded "
+                f"fp16's range of 65504 with these weights, or the input is not finite); {fix}"
             )
         act = activate_gaussians(raw, self.config.sh_degree)
         return ZipSplatOutput(**act, raw=raw, token_indices=idx, num_views=V)
