@@ -19,8 +19,9 @@ Every term is computed per sample (shape ``(B,)``) and averaged over the batch. 
       chamfer = mean_n min_m ||clamp(mu_n, -10, 10) - P_m||^2  +  0.1 * mean(sqrt(relu(|mu| - 10 + 1e-6) + 1e-8))
 
   where ``mu`` are the means with the *activated* Gaussians detached (see below). The nearest neighbour is searched
-  exactly in chunks (``torch.cdist``) without gradient; the squared distance to the chosen point is then recomputed
-  with gradient (the gradient of a min is the gradient at its argmin).
+  without gradient (:mod:`zipsplat_ns.nn_search`: Triton kernels on CUDA, chunked ``torch.cdist`` elsewhere); the
+  squared distance to the chosen point is then recomputed with gradient (the gradient of a min is the gradient at its
+  argmin).
 - ``depth``: masked L1 between the rendered *accumulated* depth (``"D"``: sum_i w_i z_i) and the GT depth of the
   target views: ``sum(|D - d| [d >= 0]) / max(count, 1)`` per sample.
 
