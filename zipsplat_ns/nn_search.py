@@ -267,8 +267,8 @@ def _sorted_problem(src: Tensor, tgt: Tensor) -> dict:
     G = -(-T // GROUP)
     gpad = torch.cat([boxes, boxes[:, -1:].expand(B, G * GROUP - T, 6)], 1).view(B, G, GROUP, 6)
     gboxes = torch.cat([gpad[..., :3].amin(2), gpad[..., 3:].amax(2)], -1)  # (B, G, 6)
-    nb = -(-N // BLOCK_N)
-    mid = (torch.arange(nb, device=src.device) * BLOCK_N + torch.clamp(N - torch.arange(nb, device=src.device) * BLOCK_N, max=BLOCK_N) // 2)
+    first = torch.arange(-(-N // BLOCK_N), device=src.device) * BLOCK_N  # each source block's first sorted point
+    mid = first + (N - first).clamp(max=BLOCK_N) // 2
     start = (torch.searchsorted(ct, cs[:, mid].contiguous()) // BLOCK_M).clamp(max=T - 1).to(torch.int32)
     return {
         "src": s_sorted.transpose(1, 2).contiguous(), "tgt": t_sorted.transpose(1, 2).contiguous(),
@@ -278,6 +278,7 @@ def _sorted_problem(src: Tensor, tgt: Tensor) -> dict:
 
 
 def _nearest_pruned(src: Tensor, tgt: Tensor) -> Tensor:
+    """The pruned kernel on ``(B, N, 3), (B, M, 3)``: sort, search, and map the indices back to the input order."""
     import triton
 
     B, N, _ = src.shape
