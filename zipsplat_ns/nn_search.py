@@ -16,6 +16,7 @@ distance, compared in float32). Implementations:
   relative to the block's centroid ``c``, and a row's argmin of ``||s - t||^2`` is that of
   ``||t - c||^2 - 2 (s - c).(t - c)``, so the loop body is three FMAs, a compare and two selects per pair. The
   ``N x M`` distance matrix is never stored, and points are passed as structure-of-arrays so loads are coalesced.
+  Both kernels, with their shared tile step, are in :mod:`zipsplat_ns.nn_search_triton`.
 - **elsewhere** (or without Triton): ``torch.cdist`` in chunks of about ``chunk_elements`` distances.
 
 Accuracy: the centred form's rounding is ~1e-7 of ``(|s - c| + |t - c|)^2``, so it is small when the block is compact.
@@ -63,143 +64,18 @@ def _autotune_requested() -> bool:
 
 
 def _build_kernel():
+    """The brute-force kernel (autotuned when asked for, see the module docstring) and whether its tile is fixed;
+    also sets the pruned kernel. Raises ImportError without Triton."""
     import triton
-    import triton.language as tl
 
-    @triton.jit
-    def nn_kernel(src, tgt, out_idx, N, M, stride_sb, stride_tb, stride_ob,
-                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):  # fmt: skip
-        # src (B, 3, N) and tgt (B, 3, M) are structure-of-arrays (x row, y row, z row): coalesced loads
-        pid_n = tl.program_id(0)
-        b = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        s_ptr = src + b * stride_sb + offs_n
-        sx = tl.load(s_ptr, mask=mask_n, other=0.0)
-        sy = tl.load(s_ptr + N, mask=mask_n, other=0.0)
-        sz = tl.load(s_ptr + 2 * N, mask=mask_n, other=0.0)
-        # Coordinates relative to the block's centroid c. Per row, ||s - t||^2 = ||s'||^2 + (||t'||^2 - 2 s'.t')
-        # with s' = s - c, t' = t - c, so the row's argmin only needs e = ||t'||^2 - 2 s'.t': three FMAs per pair.
-        # Centring keeps the cancellation error at ~1e-7 ||t'||^2, i.e. small where it matters (near candidates).
-        cnt = tl.maximum(tl.sum(mask_n.to(tl.float32), axis=0), 1.0)
-        cx = tl.sum(sx, axis=0) / cnt
-        cy = tl.sum(sy, axis=0) / cnt
-        cz = tl.sum(sz, axis=0) / cnt
-        px = (sx - cx)[:, None]
-        py = (sy - cy)[:, None]
-        pz = (sz - cz)[:, None]
-        lanes = tl.arange(0, BLOCK_M)
-        # Running minimum per (source, lane) and the tile it came from: no reduction inside the loop, only three
-        # FMAs, a compare and two selects per pair. Lane j of tile m0 is target m0 + j.
-        best = tl.full([BLOCK_N, BLOCK_M], float("inf"), tl.float32)
-        best_m0 = tl.zeros([BLOCK_N, BLOCK_M], tl.int32)
-        t_base = tgt + b * stride_tb
-        for m0 in range(0, M, BLOCK_M):
-            offs_m = m0 + lanes
-            mask_m = offs_m < M
-            qx = tl.load(t_base + offs_m, mask=mask_m, other=0.0) - cx
-            qy = tl.load(t_base + M + offs_m, mask=mask_m, other=0.0) - cy
-            qz = tl.load(t_base + 2 * M + offs_m, mask=mask_m, other=0.0) - cz
-            # lanes past M: e = +inf, which never beats the running minimum
-            qw = tl.where(mask_m, qx * qx + qy * qy + qz * qz, float("inf"))[None, :]
-            e = px * (-2.0 * qx)[None, :] + (py * (-2.0 * qy)[None, :] + (pz * (-2.0 * qz)[None, :] + qw))
-            better = e < best  # strict: within a lane the earliest tile wins ties
-            best = tl.where(better, e, best)
-            best_m0 = tl.where(better, m0, best_m0)
-        # across lanes: the minimum, and the lowest target index reaching it (ties -> lowest index overall)
-        emin = tl.min(best, axis=1)
-        cand = tl.where(best == emin[:, None], best_m0 + lanes[None, :], 2147483647)
-        imin = tl.min(cand, axis=1)
-        imin = tl.where(imin == 2147483647, 0, imin)  # only if every value is nan
-        tl.store(out_idx + b * stride_ob + offs_n, imin, mask=mask_n)
-
-    @triton.jit
-    def nn_pruned_kernel(src, tgt, boxes, gboxes, start, out_idx, N, T, G,
-                         stride_sb, stride_tb, stride_bb, stride_gb, stride_stb, stride_ob,
-                         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
-        # src (B, 3, N) and tgt (B, 3, T * BLOCK_M) in Morton order (structure of arrays, tgt padded to whole tiles);
-        # boxes (B, 6, T): each target tile's AABB (lo xyz, hi xyz); gboxes (B, 6, G): the AABB of each group of
-        # GROUP consecutive tiles; start (B, cdiv(N, BLOCK_N)): the tile nearest in Morton order to each source block.
-        pid_n = tl.program_id(0)
-        b = tl.program_id(1)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        s_ptr = src + b * stride_sb + offs_n
-        sx = tl.load(s_ptr, mask=mask_n, other=0.0)
-        sy = tl.load(s_ptr + N, mask=mask_n, other=0.0)
-        sz = tl.load(s_ptr + 2 * N, mask=mask_n, other=0.0)
-        valid = mask_n & (sx == sx) & (sy == sy) & (sz == sz)  # NaN rows take no part in the bounds
-        cnt = tl.maximum(tl.sum(valid.to(tl.float32), axis=0), 1.0)
-        cx = tl.sum(tl.where(valid, sx, 0.0), axis=0) / cnt
-        cy = tl.sum(tl.where(valid, sy, 0.0), axis=0) / cnt
-        cz = tl.sum(tl.where(valid, sz, 0.0), axis=0) / cnt
-        lox = tl.min(tl.where(valid, sx, float("inf")), axis=0)
-        loy = tl.min(tl.where(valid, sy, float("inf")), axis=0)
-        loz = tl.min(tl.where(valid, sz, float("inf")), axis=0)
-        hix = tl.max(tl.where(valid, sx, float("-inf")), axis=0)
-        hiy = tl.max(tl.where(valid, sy, float("-inf")), axis=0)
-        hiz = tl.max(tl.where(valid, sz, float("-inf")), axis=0)
-        ux = sx - cx
-        uy = sy - cy
-        uz = sz - cz
-        sn = ux * ux + uy * uy + uz * uz  # ||s'||^2: a row's squared distance is sn + e
-        r2 = tl.max(tl.where(valid, sn, 0.0), axis=0)  # the block's squared radius about its centroid
-        px = ux[:, None]
-        py = uy[:, None]
-        pz = uz[:, None]
-        lanes = tl.arange(0, BLOCK_M)
-        best = tl.full([BLOCK_N, BLOCK_M], float("inf"), tl.float32)
-        best_m0 = tl.zeros([BLOCK_N, BLOCK_M], tl.int32)
-        # U: the largest current nearest distance over the block's rows (an upper bound of every row's answer). A
-        # tile whose AABB is farther than U from the block's AABB cannot hold a better point for any row: skipped.
-        # The margin covers the centred form's rounding (~1e-7 of (|s'| + |t'|)^2 <= 8 r2 + 2 U near the answer).
-        U = float("inf")
-        nproc = 0
-        t_base = tgt + b * stride_tb
-        Mp = T * BLOCK_M
-        g0 = tl.load(start + b * stride_stb + pid_n) // GROUP
-        for gi in range(0, G):  # groups circularly from the block's own position in Morton order
-            g = g0 + gi
-            g = tl.where(g >= G, g - G, g)
-            gb = gboxes + b * stride_gb + g
-            dx = tl.maximum(tl.maximum(tl.load(gb) - hix, lox - tl.load(gb + 3 * G)), 0.0)
-            dy = tl.maximum(tl.maximum(tl.load(gb + G) - hiy, loy - tl.load(gb + 4 * G)), 0.0)
-            dz = tl.maximum(tl.maximum(tl.load(gb + 2 * G) - hiz, loz - tl.load(gb + 5 * G)), 0.0)
-            if dx * dx + dy * dy + dz * dz <= U + 1e-5 * (8.0 * r2 + 2.0 * U):
-                for j in range(0, GROUP):
-                    tile = g * GROUP + j
-                    if tile < T:
-                        bb = boxes + b * stride_bb + tile
-                        ex = tl.maximum(tl.maximum(tl.load(bb) - hix, lox - tl.load(bb + 3 * T)), 0.0)
-                        ey = tl.maximum(tl.maximum(tl.load(bb + T) - hiy, loy - tl.load(bb + 4 * T)), 0.0)
-                        ez = tl.maximum(tl.maximum(tl.load(bb + 2 * T) - hiz, loz - tl.load(bb + 5 * T)), 0.0)
-                        if ex * ex + ey * ey + ez * ez <= U + 1e-5 * (8.0 * r2 + 2.0 * U):
-                            m0 = tile * BLOCK_M
-                            offs_m = m0 + lanes
-                            qx = tl.load(t_base + offs_m) - cx
-                            qy = tl.load(t_base + Mp + offs_m) - cy
-                            qz = tl.load(t_base + 2 * Mp + offs_m) - cz
-                            qw = (qx * qx + qy * qy + qz * qz)[None, :]
-                            e = px * (-2.0 * qx)[None, :] + (py * (-2.0 * qy)[None, :] + (pz * (-2.0 * qz)[None, :] + qw))
-                            better = e < best
-                            best = tl.where(better, e, best)
-                            best_m0 = tl.where(better, m0, best_m0)
-                            nproc += 1
-                            # the bound needs a reduction over the tile: after each of the first 8 tiles, then every 8th
-                            if (nproc <= 8) | (nproc % 8 == 0):
-                                U = tl.max(tl.where(valid, sn + tl.min(best, axis=1), float("-inf")), axis=0)
-        emin = tl.min(best, axis=1)
-        cand = tl.where(best == emin[:, None], best_m0 + lanes[None, :], 2147483647)
-        imin = tl.min(cand, axis=1)
-        imin = tl.where(imin == 2147483647, 0, imin)  # only if every value is nan
-        tl.store(out_idx + b * stride_ob + offs_n, imin, mask=mask_n)
+    from zipsplat_ns import nn_search_triton
 
     global _pruned_kernel
-    _pruned_kernel = nn_pruned_kernel
+    _pruned_kernel = nn_search_triton.nn_pruned_kernel
     if _interpreting() or not _autotune_requested():
-        return nn_kernel, True
+        return nn_search_triton.nn_kernel, True
     configs = [triton.Config({"BLOCK_N": n, "BLOCK_M": m}, num_warps=w) for n, m, w in TILE_CONFIGS]
-    return triton.autotune(configs=configs, key=[])(nn_kernel), False
+    return triton.autotune(configs=configs, key=[])(nn_search_triton.nn_kernel), False
 
 
 def _triton_kernel():
