@@ -30,6 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import cuda_median_ms  # noqa: E402
+
 from zipsplat_ns.nn_search import kernel_tile, nearest_indices_triton  # noqa: E402
 
 
@@ -49,18 +52,6 @@ def make_case(name: str, B: int, N: int, M: int, g: torch.Generator, dev: torch.
         return on + torch.tensor([0.0, 0.0, 1.0], device=dev), tgt
     sigma = float(name.split("_", 1)[1])
     return (on + sigma * torch.randn(B, N, 3, generator=g, device=dev)).clamp(-10, 10), tgt
-
-
-def median_ms(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> int:
@@ -88,7 +79,7 @@ def main() -> int:
         res = {}
         for prune in (False, True):
             idx = nearest_indices_triton(src, tgt, prune=prune)  # warm-up (and the kernel's compilation)
-            ms = median_ms(lambda: nearest_indices_triton(src, tgt, prune=prune), args.runs)
+            ms = cuda_median_ms(lambda: nearest_indices_triton(src, tgt, prune=prune), args.runs)
             d = ((s64 - t64.gather(1, idx[:, pick, None].expand(-1, -1, 3))) ** 2).sum(-1)
             excess = (d - exact) / exact.clamp_min(1e-30)
             res[prune] = {"ms": ms, "d": d, "not_exact": int((excess > 1e-5).sum()), "max_rel_excess": float(excess.max())}
