@@ -240,11 +240,6 @@ def main() -> None:
     print(json.dumps(summary["checks"], indent=1))
 
 
-def _depth(args) -> int:
-    """ViT depth of ``args.variant`` (for the resolved fp16_blocks in the JSON)."""
-    return ZipSplatConfig(variant=args.variant).backbone_spec().depth
-
-
 def draw_inputs(views: list[int], seed: int, dev: torch.device) -> dict[int, torch.Tensor]:
     """The benchmark's random images: one generator (``seed + 1``) drawing a ``(1, V, 3, 252, 252)`` batch per V, in
     the order given (so the same ``views`` list gives the same images in every script)."""
@@ -347,7 +342,7 @@ def _write(args, results, accuracy, n_params, t0, dev, draws: list[dict] | None 
         "compile_mode": args.compile_mode,
         "fp32_blocks": args.fp32_blocks if args.fp32_blocks is not None else ZipSplatConfig().fp32_blocks,
         # the bf16 mode's leading fp16 ViT blocks, resolved (None = the default, depth // 4)
-        "fp16_blocks": _depth(args) // 4 if args.fp16_blocks is None else args.fp16_blocks,
+        "fp16_blocks": ZipSplatConfig(variant=args.variant, fp16_blocks=args.fp16_blocks).leading_fp16_blocks(),
         "timing": f"median of runs (CUDA events) after {args.warmup} warm-up runs, inference_mode, B=1, 252 px",
         "results": results,
         "bf16_accuracy": accuracy,  # every reduced-precision mode and V (bf16 and fp16 keys)

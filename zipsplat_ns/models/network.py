@@ -38,26 +38,12 @@ PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16")
 _TRUNK_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _check_lead_blocks(name: str, k: int | None, depth: int) -> None:
-    """``fp32_blocks`` / ``fp16_blocks`` count leading ViT blocks: ``0 <= k <= depth`` (``fp16_blocks`` may be None)."""
-    if k is None and name == "fp16_blocks":
+def _check_lead_blocks(name: str, k: int | None, depth: int, *, allow_none: bool = False) -> None:
+    """``fp32_blocks`` / ``fp16_blocks`` count leading ViT blocks: ``0 <= k <= depth`` (or None where allowed)."""
+    if k is None and allow_none:
         return
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= depth:
         raise ValueError(f"{name} must be an int in [0, {depth}] (the ViT depth), got {k!r}")
-
-
-def _vit_block_dtypes(precision: str, fp32_blocks: int, fp16_blocks: int | None, depth: int) -> list[torch.dtype]:
-    """Storage dtype of each ViT block's Linear weights under ``precision``.
-
-    fp32 / amp-bf16: all fp32. fp16: the first ``fp32_blocks`` fp32, the rest fp16. bf16: the first ``fp32_blocks``
-    fp32, then fp16 up to block ``fp16_blocks`` (None: ``depth // 4``), the rest bf16. Each count is "the first k
-    blocks are at least this precise", so fp32 wins where both apply.
-    """
-    fast = _TRUNK_DTYPE.get(precision)
-    if fast is None:
-        return [torch.float32] * depth
-    n16 = (depth // 4 if fp16_blocks is None else fp16_blocks) if fast == torch.bfloat16 else 0
-    return [torch.float32 if i < fp32_blocks else torch.float16 if i < n16 else fast for i in range(depth)]
 
 
 @contextmanager
@@ -147,6 +133,10 @@ class ZipSplatConfig:
     fusion_sdpa: Literal["default", "no-cudnn"] = "default"
     # the same choice for the ViT backbone and the camera encoder (their shapes only change with the batch layout)
     backbone_sdpa: Literal["default", "no-cudnn"] = "default"
+
+    def leading_fp16_blocks(self) -> int:
+        """``fp16_blocks`` resolved: ``None`` -> a quarter of the ViT depth (what the bf16 mode runs in fp16)."""
+        return self.backbone_spec().depth // 4 if self.fp16_blocks is None else self.fp16_blocks
 
     def backbone_spec(self) -> BackboneSpec:
         if self.variant not in BACKBONE_SPECS:
@@ -286,7 +276,7 @@ class ZipSplat(nn.Module):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
         spec = cfg.backbone_spec()
         _check_lead_blocks("fp32_blocks", cfg.fp32_blocks, spec.depth)
-        _check_lead_blocks("fp16_blocks", cfg.fp16_blocks, spec.depth)
+        _check_lead_blocks("fp16_blocks", cfg.fp16_blocks, spec.depth, allow_none=True)
         self.config = cfg
         self.spec = spec
         D = spec.embed_dim
@@ -390,15 +380,22 @@ class ZipSplat(nn.Module):
         }
 
     def vit_block_dtypes(self) -> list[torch.dtype]:
-        """Storage dtype of each ViT block's Linear weights under the current precision mode."""
-        cfg = self.config
-        return _vit_block_dtypes(cfg.precision, cfg.fp32_blocks, cfg.fp16_blocks, self.spec.depth)
+        """Storage dtype of each ViT block's Linear weights under the current precision mode.
+
+        fp32 / amp-bf16: all fp32. fp16: the first ``fp32_blocks`` fp32, the rest fp16. bf16: the first
+        ``fp32_blocks`` fp32, then fp16 up to block ``fp16_blocks``, the rest bf16. Each count is "the first k blocks
+        are at least this precise", so fp32 wins where both apply.
+        """
+        fast = _TRUNK_DTYPE.get(self.config.precision)
+        if fast is None:
+            return [torch.float32] * self.spec.depth
+        k32, n16 = self.num_fp32_blocks(), self.num_fp16_blocks()
+        return [torch.float32 if i < k32 else torch.float16 if i < n16 else fast for i in range(self.spec.depth)]
 
     def num_fp16_blocks(self) -> int:
-        """The bf16 mode's ``fp16_blocks`` count, resolved (``None`` -> ``depth // 4``); 0 in every other mode."""
-        if self.config.precision != "bf16":
-            return 0
-        return self.spec.depth // 4 if self.config.fp16_blocks is None else self.config.fp16_blocks
+        """The bf16 mode's ``fp16_blocks`` count, resolved (:meth:`ZipSplatConfig.leading_fp16_blocks`); 0 in every
+        other mode."""
+        return self.config.leading_fp16_blocks() if self.config.precision == "bf16" else 0
 
     def matmul_parameters(self) -> dict[str, nn.Parameter]:
         """The trunk Linear parameters that the current mode stores below fp32 (bf16 / fp16)."""
@@ -468,7 +465,7 @@ class ZipSplat(nn.Module):
         k32 = self.config.fp32_blocks if fp32_blocks is None else fp32_blocks
         k16 = self.config.fp16_blocks if fp16_blocks == "keep" else fp16_blocks
         _check_lead_blocks("fp32_blocks", k32, self.spec.depth)
-        _check_lead_blocks("fp16_blocks", k16, self.spec.depth)
+        _check_lead_blocks("fp16_blocks", k16, self.spec.depth, allow_none=True)
         self.config.fp32_blocks, self.config.fp16_blocks, self.config.precision = k32, k16, precision
         self._cast_trunk(keep_master=keep_fp32_master)
         return self
