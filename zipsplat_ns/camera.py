@@ -30,13 +30,19 @@ class Camera(PackedTensor):
     def __init__(self, data: Float[Tensor, "*batch 6"]):
         data = as_float_tensor(data, "Camera data")
         check_last_dims(data, (6,), "Camera data ([w, h, fx, fy, cx, cy])")
-        check_finite(data, "Camera data")
-        if (data[..., 0:2] <= 0).any():
-            raise ValueError(f"Camera: image size must be positive, got w/h = {data[..., 0:2].flatten()[:8].tolist()}")
-        if (data[..., 2:4] <= 0).any():
-            raise ValueError(
-                f"Camera: focal lengths must be positive, got fx/fy = {data[..., 2:4].flatten()[:8].tolist()}"
-            )
+        if data.device.type != "meta" and data.numel():
+            # all three checks in one device -> host read (one synchronisation for a CUDA tensor)
+            finite, size_ok, focal_ok = torch.stack(
+                [torch.isfinite(data).all(), (data[..., 0:2] > 0).all(), (data[..., 2:4] > 0).all()]
+            ).tolist()
+            if not finite:
+                check_finite(data, "Camera data")
+            if not size_ok:
+                raise ValueError(f"Camera: image size must be positive, got w/h = {data[..., 0:2].flatten()[:8].tolist()}")
+            if not focal_ok:
+                raise ValueError(
+                    f"Camera: focal lengths must be positive, got fx/fy = {data[..., 2:4].flatten()[:8].tolist()}"
+                )
         self.data = data
 
     # ----------------------------------------------------------------------------------------------- constructors
@@ -128,13 +134,21 @@ class Camera(PackedTensor):
     # ---------------------------------------------------------------------------------------------- transforms
     def scale(self, factor: ScaleLike) -> "Camera":
         """Resize the image by ``factor`` (scalar or ``(sx, sy)``): size, focal length and principal point scale."""
+        if isinstance(factor, (int, float)) or (
+            isinstance(factor, (tuple, list)) and all(isinstance(f, (int, float)) for f in factor)
+        ):
+            if not all(0 < f < math.inf for f in (factor if isinstance(factor, (tuple, list)) else [factor])):
+                raise ValueError(f"Camera.scale: factors must be positive and finite, got {factor}")
+            checked = True  # on the host: no device read
+        else:
+            checked = False
         s = torch.as_tensor(factor, dtype=self.dtype, device=self.device)
         if s.ndim == 0 or s.shape[-1] != 2:
             s = s[..., None].expand(*s.shape, 2)
-        if (s <= 0).any():
+        if not checked and (s <= 0).any():
             raise ValueError(f"Camera.scale: factors must be positive, got {factor}")
         s6 = torch.cat([s, s, s], -1)
-        return Camera(self.data * s6)
+        return Camera.wrap(self.data * s6)  # positive factors keep a valid camera valid (and finite ones finite)
 
     def crop(self, pad: ScaleLike) -> "Camera":
         """Pad (positive) or crop (negative) symmetrically: size += pad, c += pad / 2."""

@@ -313,6 +313,7 @@ def compute_losses(
     target_cameras: Optional["Camera"] = None,
     target_poses: Optional["Pose"] = None,
     has_depth: Optional[Tensor] = None,
+    any_depth: Optional[bool] = None,
     context_render: Optional["RenderOutput"] = None,
     activated: Optional[Tensor] = None,
     config: Optional[LossConfig] = None,
@@ -331,6 +332,7 @@ def compute_losses(
             chamfer points; needed when any sample has depth.
         has_depth: ``(B,)`` bool, the samples whose context *and* target views have depth; default: every sample
             with ``target_depths`` given.
+        any_depth: ``has_depth.any()`` when the caller knows it already (saves a GPU synchronisation).
         context_render: batched render of the context views (with depth) for the activated mask.
         activated: ``(B, N)`` precomputed activated flags (overrides the renders).
         config: weights and constants (:class:`LossConfig`).
@@ -372,7 +374,7 @@ def compute_losses(
     has_depth = has_depth.to(device=dev, dtype=torch.bool).reshape(B)
     if target_depths is None:
         has_depth = torch.zeros_like(has_depth)
-    geo = bool(has_depth.any())
+    geo = bool(has_depth.any()) if any_depth is None or target_depths is None else bool(any_depth)
 
     act = activated
     if act is None and cfg.detach_activated and cfg.chamfer_weight and geo:

@@ -138,7 +138,7 @@ class Pose(PackedTensor):
     def inv(self) -> "Pose":
         Rinv = self.R.transpose(-1, -2)
         tinv = -(Rinv @ self.t[..., None])[..., 0]
-        return Pose(torch.cat([Rinv.reshape(*self.shape, 9), tinv], -1))
+        return Pose.wrap(torch.cat([Rinv.reshape(*self.shape, 9), tinv], -1))  # finite when self is
 
     def compose(self, other: "Pose") -> "Pose":
         """``self @ other``: apply ``other`` first, then ``self``."""

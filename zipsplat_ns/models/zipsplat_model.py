@@ -104,6 +104,13 @@ class ZipSplatModelConfig(ModelConfig):
     steps compile (1-2 minutes on an H200); after the first change of a shape its dimensions become dynamic, so the
     view and compression schedules add few recompiles. Viewer, export and reconstruction without training stay eager.
     Small runs eager by default: compiling it was no faster (benchmarks/bench_train_compile/)."""
+    cuda_graphs: bool = False
+    """Ours, opt-in: replay the ViT backbone's forward and backward as CUDA graphs in training, captured once per
+    batch layout (scenes x views; priors on/off). The kernels are eager PyTorch's, so the function and gradients are
+    the same; it removes most of the host time of small models' steps, which are bound by the CPU issuing kernels.
+    Needs CUDA and no grad_checkpointing (ignored otherwise); each layout's capture costs a few steps' time and keeps
+    the backbone's activations of that layout in a shared graph memory pool. Gradients must be cleared with
+    set_to_none before each step (nerfstudio's default); gradient accumulation is refused."""
     inductor_padding: bool = False
     """With compile: keep inductor's stride padding (``torch._inductor.config.comprehensive_padding``, process-wide).
     Off by default: with it, compiled small failed on an H200 (torch 2.11) in its first backward pass with the stride
@@ -138,6 +145,14 @@ class ZipSplatModelConfig(ModelConfig):
     """Condition the viewer / export scene on its context cameras and poses (posed inputs only)."""
     seed: int = 0
     """Seed of the per-step compression / priors draws (offset by the rank)."""
+
+
+def _downscaled_size(size: Tuple[int, int], factor: int, what: str) -> Tuple[int, int]:
+    """``(w, h) / factor`` for renders at ``render_downscale``; the sizes must divide."""
+    w, h = size
+    if w % factor or h % factor:
+        raise ValueError(f"render_downscale={factor}: the {what} images ({w}x{h}) must be divisible by it")
+    return w // factor, h // factor
 
 
 def _downscale_images(x: Tensor, factor: int) -> Tensor:
@@ -194,6 +209,7 @@ class ZipSplatModel(SplatfactoModel):
             gaussians_per_token=cfg.gaussians_per_token,
             fusion_sdpa=cfg.fusion_sdpa,
             backbone_sdpa=cfg.backbone_sdpa,
+            cuda_graphs=cfg.cuda_graphs,
         )
         self._compiled = False
         if int(cfg.mask_render_chunk) < 1:
@@ -294,8 +310,10 @@ class ZipSplatModel(SplatfactoModel):
             ds = max(1, int(cfg.render_downscale))
         else:
             compression, priors, ds = float(cfg.eval_compression), False, 1
-        cams = Camera(inputs["context_camera"]) if priors else None
-        poses = Pose(inputs["context_pose"]) if priors else None
+        chk = self._check_inputs(inputs)  # the step's one device -> host read of its inputs
+        ccams, cposes = Camera.wrap(inputs["context_camera"]), Pose.wrap(inputs["context_pose"])
+        cams = ccams if priors else None
+        poses = cposes if priors else None
         if self.training and cfg.compile and not self._compiled:
             import torch._inductor.config as inductor_config
 
@@ -305,19 +323,19 @@ class ZipSplatModel(SplatfactoModel):
         pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=priors, compression=compression)
         g = pred.to_gaussians()
 
-        tcam = Camera(inputs["target_camera"])
+        tcam = Camera.wrap(inputs["target_camera"])
+        tsize = _downscaled_size(chk["target_size"], ds, "target")
         if ds > 1:
             tcam = tcam.scale(1.0 / ds)
-        tpose = Pose(inputs["target_pose"])
+        tpose = Pose.wrap(inputs["target_pose"])
         device = images.device
         backend = self._backend(device)
         bg = self._train_background(device)
-        trender = render(g, tcam, tpose, mode="RGB+D", background=bg, backend=backend)
+        trender = render(g, tcam, tpose, mode="RGB+D", background=bg, backend=backend, image_size=tsize)
 
         activated = None
-        has_depth = inputs.get("has_depth")
         want_mask = cfg.loss.detach_activated and cfg.loss.chamfer_weight > 0
-        if want_mask and (has_depth is None or bool(has_depth.any())):
+        if want_mask and chk["any_depth"] is not False:
             with torch.no_grad():
                 mask_kw = dict(near=cfg.loss.activated_near, rel_tol=cfg.loss.activated_rel_tol,
                                abs_tol=cfg.loss.activated_abs_tol)  # fmt: skip
@@ -330,12 +348,11 @@ class ZipSplatModel(SplatfactoModel):
                 # (tile intersections, their sort) grow with views x Gaussians, so chunks lower the peak memory
                 gd = g.detach()
                 step = int(cfg.mask_render_chunk)
+                csize = _downscaled_size(chk["context_size"], ds, "context")
+                cams_ds = ccams.scale(1.0 / ds) if ds > 1 else ccams
                 for v0 in range(0, V, step):
-                    ccam = Camera(inputs["context_camera"][:, v0 : v0 + step])
-                    if ds > 1:
-                        ccam = ccam.scale(1.0 / ds)
-                    cpose = Pose(inputs["context_pose"][:, v0 : v0 + step])
-                    crender = render(gd, ccam, cpose, mode="D", backend=backend)
+                    crender = render(gd, cams_ds[:, v0 : v0 + step], cposes[:, v0 : v0 + step], mode="D",
+                                     backend=backend, image_size=csize)  # fmt: skip
                     activated |= activated_mask([crender], **mask_kw)
 
         out: Dict[str, Any] = {
@@ -352,13 +369,59 @@ class ZipSplatModel(SplatfactoModel):
             "target_depths": trender.info["depths"],
             "target_camera": tcam.data,
             "target_pose": tpose.data,
-            "num_views": torch.tensor(float(V), device=device),
-            "compression": torch.tensor(float(compression), device=device),
-            "priors": torch.tensor(float(priors), device=device),
-            "render_downscale": torch.tensor(float(ds), device=device),
+            # host scalars: a CUDA tensor built from a Python number is a pageable copy that waits for the GPU
+            "num_views": torch.tensor(float(V)),
+            "compression": torch.tensor(float(compression)),
+            "priors": torch.tensor(float(priors)),
+            "render_downscale": torch.tensor(float(ds)),
+            "_any_depth": chk["any_depth"],
         }
         if activated is not None:
             out["activated"] = activated
+        return out
+
+    @staticmethod
+    def _check_inputs(inputs: Dict[str, Tensor]) -> Dict[str, Any]:
+        """Validate a training batch's cameras and poses in one device -> host read (one GPU synchronisation per
+        step instead of one per camera object and render) and return what the host needs from it: the target and
+        context image sizes ``(w, h)`` and whether any sample has depth (``None`` without ``has_depth``).
+
+        Raises ``ValueError`` naming the input: non-finite values, non-positive sizes or focal lengths, or cameras
+        of one kind whose image sizes differ or are not whole pixels.
+        """
+        vals, names = [], []
+        for key in ("context_camera", "target_camera"):
+            cam = inputs[key]
+            if cam.shape[-1] != 6:
+                raise ValueError(f"{key}: expected (..., 6) intrinsics [w, h, fx, fy, cx, cy], got {tuple(cam.shape)}")
+            size = cam[..., 0:2].reshape(-1, 2).float()
+            vals += [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(),
+                     (size - size.round()).abs().amax(), torch.isfinite(cam).all().float(),
+                     (cam[..., 0:4] > 0).all().float()]  # fmt: skip
+            names.append(key)
+        for key in ("context_pose", "target_pose"):
+            pose = inputs[key]
+            if pose.shape[-1] != 12:
+                raise ValueError(f"{key}: expected (..., 12) packed [R row-major 9, t 3] poses, got {tuple(pose.shape)}")
+            vals.append(torch.isfinite(pose).all().float())
+        hd = inputs.get("has_depth")
+        vals.append(hd.any().float() if hd is not None else torch.ones((), device=inputs["target_camera"].device))
+        v = torch.stack([x.float() for x in vals]).tolist()
+        out: Dict[str, Any] = {}
+        for i, key in enumerate(names):
+            w_max, w_min, h_max, h_min, frac, finite, positive = v[7 * i : 7 * i + 7]
+            if not finite:
+                raise ValueError(f"{key}: contains non-finite values (NaN or Inf)")
+            if not positive:
+                raise ValueError(f"{key}: image sizes and focal lengths must be positive")
+            if w_max != w_min or h_max != h_min or frac > 1e-3:
+                raise ValueError(f"{key}: every camera of a batch must have the same whole-pixel image size, got "
+                                 f"widths {w_min:g}..{w_max:g} and heights {h_min:g}..{h_max:g}")  # fmt: skip
+            out[key.replace("camera", "size")] = (int(round(w_max)), int(round(h_max)))
+        for j, key in enumerate(("context_pose", "target_pose")):
+            if not v[14 + j]:
+                raise ValueError(f"{key}: contains non-finite values (NaN or Inf)")
+        out["any_depth"] = bool(v[16]) if hd is not None else None  # None: the batch did not say
         return out
 
     @staticmethod
@@ -387,14 +450,19 @@ class ZipSplatModel(SplatfactoModel):
             return cached
         images, depth = self._targets(outputs, batch)
         has_depth = batch.get("has_depth")
+        any_depth = outputs.get("_any_depth")
+        if any_depth is None:
+            any_depth = has_depth is None or bool(has_depth.any())
+        any_depth = bool(any_depth) and depth is not None
         terms = compute_losses(
             self._gaussians_of(outputs),
             self._target_render_of(outputs),
             images,
-            target_depths=depth if (has_depth is None or bool(has_depth.any())) else None,
-            target_cameras=Camera(outputs["target_camera"]),
-            target_poses=Pose(outputs["target_pose"]),
+            target_depths=depth if any_depth else None,
+            target_cameras=Camera.wrap(outputs["target_camera"]),  # built (and checked) by get_outputs
+            target_poses=Pose.wrap(outputs["target_pose"]),
             has_depth=has_depth,
+            any_depth=any_depth,
             activated=outputs.get("activated"),
             config=self.config.loss,
             # the reference computes its loss inside the bf16 autocast region, so its LPIPS-VGG convolutions run in bf16

@@ -14,7 +14,7 @@ Conventions shared by both backends (and the ZipSplat reference):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -60,6 +60,20 @@ def default_backend(device: Union[torch.device, str]) -> Backend:
     return "gsplat" if torch.device(device).type == "cuda" else "torch"
 
 
+def camera_image_size(cameras: Camera) -> Tuple[int, int]:
+    """The ``(width, height)`` shared by all ``cameras``; raises if they differ or are not whole pixels."""
+    size = cameras.size.flatten(0, -2)  # (n, 2)
+    # every check in one device -> host read (one synchronisation for CUDA cameras)
+    w_max, w_min, h_max, h_min, frac = torch.stack(
+        [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(), (size - size.round()).abs().max()]
+    ).tolist()
+    if w_max != w_min or h_max != h_min:
+        raise ValueError("render: all cameras in one call must share the same image size")
+    if frac > 1e-3:
+        raise ValueError(f"render: image sizes must be whole pixels, got {size[0].tolist()}")
+    return int(round(w_max)), int(round(h_max))
+
+
 def render(
     gaussians: "Gaussians",
     cameras: Union[Camera, Tensor],
@@ -73,8 +87,14 @@ def render(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
+    image_size: Optional[Tuple[int, int]] = None,
 ) -> RenderOutput:
-    """Render ``gaussians`` (batch shape ``()`` or ``(B,)``) into cameras of shape ``(V,)``/``(B, V)`` (or one camera)."""
+    """Render ``gaussians`` (batch shape ``()`` or ``(B,)``) into cameras of shape ``(V,)``/``(B, V)`` (or one camera).
+
+    ``image_size``: ``(width, height)`` of every camera, for callers that have checked it already (the training step
+    checks its batch once); without it the cameras' sizes are read from the device and checked here, which on a GPU
+    waits for all queued work.
+    """
     if mode not in RENDER_MODES:
         raise ValueError(f"render: unknown mode {mode!r}; expected one of {RENDER_MODES}")
     cameras = ensure_camera(cameras, "cameras")
@@ -97,16 +117,10 @@ def render(
         )
     if tuple(poses.shape) != tuple(cameras.shape):
         raise ValueError(f"render: poses shape {tuple(poses.shape)} != cameras shape {tuple(cameras.shape)}")
-    size = cameras.size.flatten(0, -2)  # (B*V, 2)
-    # every check in one device -> host read (one synchronisation for CUDA cameras)
-    w_max, w_min, h_max, h_min, frac = torch.stack(
-        [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(), (size - size.round()).abs().max()]
-    ).tolist()
-    if w_max != w_min or h_max != h_min:
-        raise ValueError("render: all cameras in one call must share the same image size")
-    if frac > 1e-3:
-        raise ValueError(f"render: image sizes must be whole pixels, got {size[0].tolist()}")
-    width, height = int(round(w_max)), int(round(h_max))
+    if image_size is not None:
+        width, height = (int(v) for v in image_size)
+    else:
+        width, height = camera_image_size(cameras)
     max_deg = g.sh_degree
     deg = max_deg if sh_degree is None else int(sh_degree)
     if not 0 <= deg <= max_deg:
@@ -166,4 +180,4 @@ def render(
     return RenderOutput(images=images, alphas=alphas, info=info, mode=mode)
 
 
-__all__ = ["render", "RenderOutput", "default_backend", "RENDER_MODES", "Backend"]
+__all__ = ["render", "camera_image_size", "RenderOutput", "default_backend", "RENDER_MODES", "Backend"]
