@@ -271,7 +271,7 @@ def test_kmeans_empty_cluster_zero_centroid() -> None:
     assert res.nearest_idx.tolist() == [[0, 0, 1]]
 
 
-def test_kmeans_fp32_under_autocast() -> None:
+def test_kmeans_fp32_under_autocast(monkeypatch) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 300, 16, generator=g)
     ref = hard_kmeans(x, 40)
@@ -279,8 +279,24 @@ def test_kmeans_fp32_under_autocast() -> None:
         ac = hard_kmeans(x, 40)
     assert ac.centroids.dtype == torch.float32
     assert torch.equal(ac.nearest_idx, ref.nearest_idx)
-    # chunking does not change the result
+    # chunking does not change the result: 7-row chunks (no byte budget) and the budget's chunk sizes
+    from zipsplat_ns.models import kmeans as kmeans_mod
+
+    calls = []
+    real_cdist = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda a, b: calls.append(a.shape[1]) or real_cdist(a, b))
+    monkeypatch.setattr(kmeans_mod, "CHUNK_BYTES", 0)
     assert torch.equal(hard_kmeans(x, 40, chunk_size=7).nearest_idx, ref.nearest_idx)
+    assert max(calls) == 7 and len(calls) == 5 * 43 + 6  # 5 iterations x ceil(300 / 7) chunks, then ceil(40 / 7)
+    calls.clear()
+    monkeypatch.setattr(kmeans_mod, "CHUNK_BYTES", 4 * 2 * 40 * 100)  # 100 rows of the (2, rows, 40) distances
+    assert torch.equal(hard_kmeans(x, 40, chunk_size=7).nearest_idx, ref.nearest_idx)
+    assert calls[:3] == [100, 100, 100]
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "cdist", lambda a, b: calls.append(a.shape[1]) or real_cdist(a, b))
+    assert torch.equal(hard_kmeans(x, 40).nearest_idx, ref.nearest_idx)
+    assert calls == [300] * 5 + [40]  # default budget: one distance matrix per iteration
     assert torch.equal(select_tokens(x, 1.0), torch.arange(300).expand(2, 300))
     assert select_tokens(x, 0.1).shape == (2, 30)
 
