@@ -69,6 +69,18 @@ def make_batch(B: int, V: int, Vt: int, device: torch.device, seed: int):
     return inputs, batch
 
 
+def install_random_lpips(device: torch.device) -> None:
+    """Cache an LPIPS-VGG with a random VGG16 trunk for ``device`` (same compute as the real one; for machines
+    without the ImageNet weights: timings and comparisons are unaffected, loss values are not meaningful)."""
+    import torchvision
+
+    from zipsplat_ns import lpips as lpips_mod
+
+    feats = {f"features.{k}": v for k, v in torchvision.models.vgg16(weights=None).features.state_dict().items()}
+    lins, _ = lpips_mod.resolve_lpips_vgg_lin()
+    lpips_mod._CACHE[str(torch.device("cuda", torch.cuda.current_device()))] = lpips_mod.LPIPSVGG(feats, lins).to(device)
+
+
 PHASES = (
     ("network", "zipsplat_ns.models.network", "ZipSplat.predict"),
     ("render", "zipsplat_ns.models.zipsplat_model", "render"),
@@ -113,6 +125,17 @@ class PhaseTimer:
             setattr(owner, fn_name, orig)
 
 
+class PhaseLabels(PhaseTimer):
+    """``--trace-dir``: the forward phases as named ``record_function`` ranges in the profiler trace (no syncs)."""
+
+    def _wrap(self, name: str, fn):
+        def inner(*a, **k):
+            with torch.profiler.record_function(f"phase:{name}"):
+                return fn(*a, **k)
+
+        return inner
+
+
 def profile_summary(prof, steps: int, top: int = 25) -> dict:
     """The ``top`` CUDA kernels by device time and the ``top`` CPU ops by self host time, per step (ms)."""
     ev = prof.key_averages()
@@ -133,7 +156,8 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
 
 def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device,
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
-              config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default") -> dict:  # fmt: skip
+              config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default",
+              trace_dir: "Path | None" = None, cuda_graphs: bool = False) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -141,7 +165,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
 
     rec = {"variant": variant, "scenes": B, "views": V, "context_images": B * V, "target_views_per_scene": 4,
            "grad_checkpointing": grad_ckpt, "compile": compile_net, "fusion_sdpa": fusion_sdpa,
-           "backbone_sdpa": backbone_sdpa,
+           "backbone_sdpa": backbone_sdpa, "cuda_graphs": cuda_graphs,
            "precision": "amp-bf16"}  # fmt: skip
     model = None
     try:
@@ -150,7 +174,8 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
         torch.manual_seed(0)  # the same random weights (hence Gaussians, hence rasterization work) for every config
         cfg = ZipSplatModelConfig(variant=variant, precision="amp-bf16", grad_checkpointing=grad_ckpt, renderer="gsplat",
                                   priors_probability=0.0, total_steps=450_000, compile=compile_net,
-                                  fusion_sdpa=fusion_sdpa, backbone_sdpa=backbone_sdpa)  # fmt: skip
+                                  fusion_sdpa=fusion_sdpa, backbone_sdpa=backbone_sdpa,
+                                  cuda_graphs=cuda_graphs)  # fmt: skip
         model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
                           metadata={}, device=str(device)).to(device)  # fmt: skip
         model.train()
@@ -169,20 +194,23 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
                 o.zero_grad(set_to_none=True)
             model.update_to_step(i)
             out = model(inputs)
-            metrics = model.get_metrics_dict(out, batch)
-            loss = sum(model.get_loss_dict(out, batch, metrics).values())
+            with torch.profiler.record_function("phase:losses"):
+                metrics = model.get_metrics_dict(out, batch)
+                loss = sum(model.get_loss_dict(out, batch, metrics).values())
             if timer is not None:
                 torch.cuda.synchronize()
                 timer.add("forward_total", time.perf_counter() - t0)
                 tb = time.perf_counter()
-            loss.backward()
+            with torch.profiler.record_function("phase:backward"):  # a named range in --trace-dir traces
+                loss.backward()
             if timer is not None:
                 torch.cuda.synchronize()
                 timer.add("backward", time.perf_counter() - tb)
                 tb = time.perf_counter()
-            for name, o in opts.items():  # nerfstudio clips per parameter group
-                torch.nn.utils.clip_grad_norm_(groups[name], 1.0)
-                o.step()
+            with torch.profiler.record_function("phase:clip_and_adamw"):
+                for name, o in opts.items():  # nerfstudio clips per parameter group
+                    torch.nn.utils.clip_grad_norm_(groups[name], 1.0)
+                    o.step()
             if timer is not None:
                 torch.cuda.synchronize()
                 timer.add("clip_and_adamw", time.perf_counter() - tb)
@@ -218,11 +246,22 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
         if profile_steps > 0 and timer is None:
             from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            labels = PhaseLabels() if trace_dir is not None else None
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=trace_dir is not None,
+                         record_shapes=False) as prof:  # fmt: skip
                 for i in range(profile_steps):
-                    step(warmup + steps + i)
+                    with torch.profiler.record_function(f"step{i}"):
+                        step(warmup + steps + i)
                 torch.cuda.synchronize()
+            if labels is not None:
+                labels.restore()
             rec["profile"] = profile_summary(prof, profile_steps)
+            if trace_dir is not None:
+                trace_dir.mkdir(parents=True, exist_ok=True)
+                name = (f"{variant}_{B}x{V}_{'compile' if compile_net else 'eager'}_ckpt{int(grad_ckpt)}"
+                        f"{'_graphs' if cuda_graphs else ''}.json")  # fmt: skip
+                prof.export_chrome_trace(str(trace_dir / name))
+                rec["trace"] = name
         if timer is not None:
             timer.restore()
             n = 2 * steps  # both passes
@@ -286,8 +325,14 @@ def main(argv=None) -> int:
                     help="attention kernels of the fusion stage (the model's fusion_sdpa), one configuration each")
     ap.add_argument("--backbone-sdpa", choices=["default", "no-cudnn"], default="default",
                     help="attention kernels of the ViT backbone and camera encoder (the model's backbone_sdpa)")
+    ap.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"],
+                    help="the model's cuda_graphs (the ViT backbone's forward and backward replayed as CUDA graphs; "
+                         "captured in the warm-up steps), one configuration each")  # fmt: skip
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
+    ap.add_argument("--trace-dir", type=Path, default=None,
+                    help="with --profile-steps: also write a Chrome trace per configuration here (Python stacks and "
+                         "the forward phases as named ranges), for GPU idle time and host-side attribution")  # fmt: skip
     ap.add_argument("--nn-autotune", action="store_true",
                     help="let triton.autotune pick the chamfer nearest-neighbour kernel's tile (ZIPSPLAT_NN_AUTOTUNE=1; "
                          "the tuning runs on the first step, a warm-up step)")  # fmt: skip
@@ -316,13 +361,7 @@ def main(argv=None) -> int:
     render(g, Camera(torch.tensor([[32.0, 32, 30, 30, 16, 16]], device=device)), Pose.identity((1,), device=device),
            backend="gsplat")  # fmt: skip
     if args.lpips_weights == "random":
-        import torchvision
-
-        from zipsplat_ns import lpips as lpips_mod
-
-        feats = {f"features.{k}": v for k, v in torchvision.models.vgg16(weights=None).features.state_dict().items()}
-        lins, _ = lpips_mod.resolve_lpips_vgg_lin()
-        lpips_mod._CACHE[str(torch.device("cuda", torch.cuda.current_device()))] = lpips_mod.LPIPSVGG(feats, lins).to(device)
+        install_random_lpips(device)
     get_lpips_vgg(device)
     setup_s = time.perf_counter() - t0
 
@@ -342,6 +381,8 @@ def main(argv=None) -> int:
                     key += f', fusion_sdpa={r["fusion_sdpa"]}'
                 if r.get("backbone_sdpa", "default") != "default":
                     key += f', backbone_sdpa={r["backbone_sdpa"]}'
+                if r.get("cuda_graphs"):
+                    key += ", cuda_graphs"
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
                                              "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
@@ -376,7 +417,8 @@ def main(argv=None) -> int:
     results, start = [], time.perf_counter()
     for variant in args.variants:
         for layout in args.layouts:
-            for mode, ck, fusion_sdpa in itertools.product(args.compile, args.grad_ckpt, args.fusion_sdpa):
+            for mode, ck, fusion_sdpa, graphs in itertools.product(args.compile, args.grad_ckpt, args.fusion_sdpa,
+                                                                   args.cuda_graphs):  # fmt: skip
                 B, V = (int(x) for x in layout.split("x"))
                 grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
                 if time.perf_counter() - start > args.time_budget_s:
@@ -387,7 +429,8 @@ def main(argv=None) -> int:
                 rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,
                                 compile_net=mode == "compile", profile_steps=args.profile_steps,
                                 config_index=len(results), fusion_sdpa=fusion_sdpa,
-                            backbone_sdpa=args.backbone_sdpa)  # fmt: skip
+                                backbone_sdpa=args.backbone_sdpa, trace_dir=args.trace_dir,
+                                cuda_graphs=graphs == "on")  # fmt: skip
                 rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
                 print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
                       flush=True)  # fmt: skip

@@ -309,3 +309,114 @@ def test_activated_mask_is_the_same_for_any_context_render_chunk():
     assert torch.equal(direct, out["activated"])
     with pytest.raises(ValueError, match="mask_render_chunk"):
         make_model(mask_render_chunk=0)
+
+
+# ---------------------------------------------------------------------------------------- host synchronisations
+def test_training_step_checks_its_inputs_once_with_clear_errors(monkeypatch):
+    """The step reads its inputs' checks from the device once (``_check_inputs``); renders and camera / pose objects
+    built from them are not re-validated. Bad inputs still fail, naming the input."""
+    m = make_model()
+    m.train()
+    m.update_to_step(0)
+    inputs, batch = make_batch(B=2, Vc=3, Vt=2)
+    inputs["has_depth"] = batch["has_depth"]
+    from zipsplat_ns import camera as camera_mod
+    from zipsplat_ns import pose as pose_mod
+    import zipsplat_ns.rendering as rendering_mod
+
+    counts = {"camera": 0, "pose": 0, "size": 0}
+    cam_init, pose_init, size_of = camera_mod.Camera.__init__, pose_mod.Pose.__init__, rendering_mod.camera_image_size
+
+    def count(key, fn):
+        def inner(*a, **k):
+            counts[key] += 1
+            return fn(*a, **k)
+
+        return inner
+
+    monkeypatch.setattr(camera_mod.Camera, "__init__", count("camera", cam_init))
+    monkeypatch.setattr(pose_mod.Pose, "__init__", count("pose", pose_init))
+    monkeypatch.setattr(rendering_mod, "camera_image_size", count("size", size_of))
+    out = m(inputs)
+    sum(m.get_loss_dict(out, batch).values()).backward()
+    assert counts == {"camera": 0, "pose": 0, "size": 0}
+    assert out["activated"] is not None and not out["num_views"].is_cuda  # host scalars
+    monkeypatch.undo()
+
+    def fails(key, value, match):
+        bad = {k: v.clone() for k, v in inputs.items()}
+        bad[key][(0,) * (bad[key].ndim - 1) + (value[0],)] = value[1]
+        with pytest.raises(ValueError, match=match):
+            m(bad)
+
+    fails("target_pose", (10, float("nan")), "target_pose: contains non-finite")
+    fails("context_pose", (9, float("inf")), "context_pose: contains non-finite")
+    fails("target_camera", (2, float("nan")), "target_camera: contains non-finite")
+    fails("context_camera", (3, -5.0), "context_camera: image sizes and focal lengths must be positive")
+    fails("target_camera", (0, S - 2.0), "target_camera: every camera of a batch must have the same whole-pixel")
+    fails("context_camera", (1, S + 0.5), "context_camera: every camera of a batch must have the same whole-pixel")
+
+
+def test_camera_scale_checks_python_factors_on_the_host():
+    cam = Camera(torch.tensor([[100.0, 80.0, 90.0, 90.0, 50.0, 40.0]]))
+    assert torch.allclose(cam.scale(0.5).data, torch.tensor([[50.0, 40.0, 45.0, 45.0, 25.0, 20.0]]))
+    assert torch.allclose(cam.scale((0.5, 0.25)).data, torch.tensor([[50.0, 20.0, 45.0, 22.5, 25.0, 10.0]]))
+    for bad in (0.0, -1.0, float("inf"), (1.0, 0.0)):
+        with pytest.raises(ValueError, match="Camera.scale: factors must be positive"):
+            cam.scale(bad)
+    with pytest.raises(ValueError, match="Camera.scale: factors must be positive"):
+        cam.scale(torch.tensor(-2.0))
+    # derived objects are wrapped, not re-validated, and keep the data
+    sub = cam[0]
+    assert isinstance(sub, Camera) and torch.equal(sub.data, cam.data[0])
+    assert torch.equal(Camera.stack([cam, cam]).data, torch.stack([cam.data, cam.data]))
+
+
+# ------------------------------------------------------------------------------------------------ cuda_graphs
+def test_cuda_graphs_fall_back_to_eager_on_cpu_and_train_identically():
+    """CUDA graphs need CUDA: on a CPU the option changes nothing (same losses and gradients as without it)."""
+    from zipsplat_ns.models.cuda_graphs import GraphedViT
+
+    inputs, batch = make_batch(B=1, Vc=2, Vt=1)
+    inputs["has_depth"] = batch["has_depth"]
+    results = []
+    for graphs in (False, True):
+        m = make_model(cuda_graphs=graphs)
+        assert (m.net._graphed_vit is not None) == graphs
+        m.train()
+        m.update_to_step(0)
+        out = m(inputs)
+        loss = sum(m.get_loss_dict(out, batch).values())
+        loss.backward()
+        results.append((float(loss.detach()), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        if graphs:
+            assert not GraphedViT.usable(m.net.backbone.backbone, inputs["context_image"])  # CPU tensors
+            assert m.net._graphed_vit.captures == 0
+    assert results[0][0] == results[1][0]
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
+
+
+def test_cuda_graphs_autocast_cache_reset_and_accumulation_guard():
+    from zipsplat_ns.models.network import ZipSplat
+
+    torch.manual_seed(0)
+    net = ZipSplat("tiny", precision="amp-bf16", cuda_graphs=True)
+    with net._trunk_autocast(torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_cache_enabled()  # capture needs it off
+    plain = ZipSplat("tiny", precision="amp-bf16")
+    with plain._trunk_autocast(torch.device("cpu")):
+        assert torch.is_autocast_cache_enabled()
+    graphed = net._graphed_vit
+    # captured graphs point at the parameters' storage: moving the network or loading weights drops them
+    graphed._graphs["fake"] = object()
+    net.to("cpu")
+    assert not graphed._graphs
+    graphed._graphs["fake"] = object()
+    net.load_state_dict(plain.state_dict())
+    assert not graphed._graphs
+    # a backward graph writes gradients into fixed buffers: accumulating over two backward passes is refused
+    p = next(q for q in net.backbone.backbone.parameters() if q.requires_grad)
+    p.grad = torch.zeros_like(p)
+    with pytest.raises(RuntimeError, match="cuda_graphs: the backbone's parameters still hold gradients"):
+        graphed(torch.zeros(1, 2, 3, S, S))

@@ -248,7 +248,11 @@ class DA3Encoder(nn.Module):
         self, images: Float[Tensor, "B S 3 H W"], cameras=None, poses=None
     ) -> list[Float[Tensor, "B S P 2D"]]:
         """Features of the tapped layers (ascending). Priors are used iff both ``cameras`` and ``poses`` are given."""
-        cam_tokens = None
-        if cameras is not None and poses is not None:
-            cam_tokens = self.cam_enc(pose_encoding(cameras, poses).to(images.device))
-        return self.backbone(images, cam_tokens)
+        return self.backbone(images, self.camera_tokens(cameras, poses, images.device))
+
+    def camera_tokens(self, cameras=None, poses=None, device=None) -> Float[Tensor, "B S D"] | None:
+        """The prior encoder's per-view camera tokens, or None without priors (the ViT then uses its own)."""
+        if cameras is None or poses is None:
+            return None
+        enc = pose_encoding(cameras, poses)
+        return self.cam_enc(enc.to(device) if device is not None else enc)

@@ -126,6 +126,9 @@ class ZipSplatConfig:
     fp32_blocks: int = 0  # fast modes: leading ViT blocks kept in fp32 / TF32 (see above)
     grad_checkpointing: bool = False
     compile: bool = False
+    # ours: replay the ViT backbone's forward and backward in training as CUDA graphs, one capture per batch layout
+    # (zipsplat_ns/models/cuda_graphs.py); eager kernels, the same function, far less host time per step
+    cuda_graphs: bool = False
     use_xformers: bool | None = None  # None: use the fused SwiGLU kernel iff xformers is importable
     # attention kernels of the fusion stage (cross/self-attention over the selected tokens, colour cross-attention):
     # "default" = PyTorch's choice; "no-cudnn" = flash / memory-efficient / math only, which need no per-shape plan
@@ -311,6 +314,11 @@ class ZipSplat(nn.Module):
                 self.init_head()
             if cfg.backbone_weights is not None:
                 self.load_backbone_weights(cfg.backbone_weights, allow_pickle=allow_pickle)
+        self._graphed_vit = None
+        if cfg.cuda_graphs:
+            from zipsplat_ns.models.cuda_graphs import GraphedViT
+
+            self._graphed_vit = GraphedViT(self.backbone.backbone)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.precision in _TRUNK_DTYPE:
             self._cast_trunk()
@@ -427,6 +435,8 @@ class ZipSplat(nn.Module):
             p.data = (master if master is not None else p.data).to(device=p.device, dtype=dtype)
             if dtype == torch.float32:
                 self._fp32_master.pop(name, None)
+        if changed:
+            self._reset_cuda_graphs()
         if changed and self._is_compiled:
             # Graphs traced for the old dtype can be reused after ``.data`` swaps (seen on the H200 with CUDA:
             # a bf16-compiled block called with fp16 weights failed with "mat1 and mat2 must have the same dtype"),
@@ -435,9 +445,22 @@ class ZipSplat(nn.Module):
 
             _dynamo.reset()
 
+    def _reset_cuda_graphs(self) -> None:
+        """Drop the backbone's captured CUDA graphs (parameters moved, were replaced or changed dtype)."""
+        graphed = getattr(self, "_graphed_vit", None)
+        if graphed is not None:
+            graphed.reset()
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half() may give parameters new storage
+        out = super()._apply(fn, *args, **kwargs)
+        self._reset_cuda_graphs()
+        return out
+
     def _refresh_fp32_master(self, state_dict, prefix, *args) -> None:
         """load_state_dict pre-hook: in the bf16 mode, remember the loaded fp32 values (bf16 params only keep the
-        rounded ones) so that ``set_precision("fp32")`` afterwards still gives the exact checkpoint."""
+        rounded ones) so that ``set_precision("fp32")`` afterwards still gives the exact checkpoint. Also drops the
+        backbone's CUDA graphs (``assign=True`` loading replaces the parameters they point to)."""
+        self._reset_cuda_graphs()
         for name in list(self._fp32_master):
             v = state_dict.get(prefix + name)
             if isinstance(v, Tensor):
@@ -619,7 +642,16 @@ class ZipSplat(nn.Module):
 
     # --------------------------------------------------------------------------------------------- pipeline
     def _trunk_autocast(self, device: torch.device):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.config.precision == "amp-bf16")
+        # CUDA-graph capture needs autocast's weight-cast cache off (each weight is cast once per forward anyway)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.config.precision == "amp-bf16",
+                              cache_enabled=not self.config.cuda_graphs)  # fmt: skip
+
+    def _run_backbone(self, images: Tensor, cameras, poses) -> list[Tensor]:
+        """The backbone's taps: replayed from CUDA graphs in training when ``cuda_graphs`` is on, else eager."""
+        graphed = self._graphed_vit
+        if graphed is not None and graphed.usable(self.backbone.backbone, images):
+            return graphed(images, self.backbone.camera_tokens(cameras, poses, images.device))
+        return self.backbone(images, cameras, poses)
 
     def _prepare(self, l: int, feat: Float[Tensor, "B V P 2D"]) -> Float[Tensor, "B VP D"]:
         """LayerNorm both halves, project 2D -> D and add the mean of the halves (fuse-skip residual)."""
@@ -648,7 +680,7 @@ class ZipSplat(nn.Module):
         fast_cuda = self.config.precision in _TRUNK_DTYPE and images.is_cuda
         with self._trunk_autocast(images.device):
             with _tf32_matmuls(fast_cuda and self.num_fp32_blocks() > 0):  # only the fp32 blocks' matmuls are fp32
-                feats = self.backbone(images, cameras, poses)[::-1]  # deepest tap first (index 0 = last out_layer)
+                feats = self._run_backbone(images, cameras, poses)[::-1]  # deepest tap first (index 0 = last out_layer)
             layer_tokens = [self._prepare(l, f) for l, f in enumerate(feats)]  # each (B, V*P, D)
             N = layer_tokens[0].shape[1]
             K = kmeans_lib.num_selected_tokens(N, compression)
