@@ -1,4 +1,4 @@
-"""GPU check of ``cuda_graphs``: the graphed backbone gives the eager training step's losses and gradients.
+"""GPU check of ``cuda_graphs``: the graphed backbone and LPIPS give the eager training step's losses and gradients.
 
 Three copies of one randomly initialised model (same seed): two eager (their difference is the run-to-run noise of
 the step: gsplat's backward and some attention kernels accumulate with atomics) and one with ``cuda_graphs=True``.
@@ -111,10 +111,12 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "variant": args.variant,
-        "captures": graphed.captures,
+        "captures_vit": graphed.captures,
+        "captures_lpips": sum(g.captures for g in copies["graphed"][0]._lpips_graphs.values()),
         "layouts_captured": len(graphed._graphs),
         "steps": rows,
-        "ok": all(r["ok"] for r in rows) and graphed.captures >= 2,
+        "ok": all(r["ok"] for r in rows) and graphed.captures >= 2
+              and sum(g.captures for g in copies["graphed"][0]._lpips_graphs.values()) >= 2,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))

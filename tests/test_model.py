@@ -375,7 +375,7 @@ def test_camera_scale_checks_python_factors_on_the_host():
 # ------------------------------------------------------------------------------------------------ cuda_graphs
 def test_cuda_graphs_fall_back_to_eager_on_cpu_and_train_identically():
     """CUDA graphs need CUDA: on a CPU the option changes nothing (same losses and gradients as without it)."""
-    from zipsplat_ns.models.cuda_graphs import GraphedViT
+    from zipsplat_ns.models.cuda_graphs import GraphCache
 
     inputs, batch = make_batch(B=1, Vc=2, Vt=1)
     inputs["has_depth"] = batch["has_depth"]
@@ -390,8 +390,8 @@ def test_cuda_graphs_fall_back_to_eager_on_cpu_and_train_identically():
         loss.backward()
         results.append((float(loss.detach()), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
         if graphs:
-            assert not GraphedViT.usable(m.net.backbone.backbone, inputs["context_image"])  # CPU tensors
-            assert m.net._graphed_vit.captures == 0
+            assert not GraphCache.usable(inputs["context_image"])  # CPU tensors
+            assert m.net._graphed_vit.captures == 0 and not m._lpips_graphs
     assert results[0][0] == results[1][0]
     assert results[0][1].keys() == results[1][1].keys()
     assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
@@ -418,5 +418,34 @@ def test_cuda_graphs_autocast_cache_reset_and_accumulation_guard():
     # a backward graph writes gradients into fixed buffers: accumulating over two backward passes is refused
     p = next(q for q in net.backbone.backbone.parameters() if q.requires_grad)
     p.grad = torch.zeros_like(p)
-    with pytest.raises(RuntimeError, match="cuda_graphs: the backbone's parameters still hold gradients"):
+    with pytest.raises(RuntimeError, match="cuda_graphs: the ViT backbone's parameters still hold gradients"):
         graphed(torch.zeros(1, 2, 3, S, S))
+    # signature keys: shapes, dtypes, requires_grad, missing arguments, autocast state, trainable flags, mode
+    x = torch.zeros(1, 2, 3, S, S)
+    k = graphed._key((x, None))
+    assert k == graphed._key((x.clone(), None))
+    assert k != graphed._key((torch.zeros(2, 2, 3, S, S), None))
+    assert k != graphed._key((x, torch.zeros(1, 2, 192)))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=True):
+        assert k != graphed._key((x, None))
+    p.requires_grad_(False)
+    assert k != graphed._key((x, None))
+    p.requires_grad_(True)
+    net.backbone.backbone.eval()
+    assert k != graphed._key((x, None))
+
+
+def test_cuda_graphs_run_eager_beyond_max_signatures(caplog):
+    """Captured layouts keep their memory, so their number is bounded: a new layout beyond it runs eager, warned once."""
+    from zipsplat_ns.models.cuda_graphs import GraphCache
+
+    lin = torch.nn.Linear(4, 3)
+    cache = GraphCache(lin, "test linear", single_output=True, max_signatures=2)
+    cache._graphs.update({"a": None, "b": None})  # two captured layouts (placeholders: never replayed here)
+    x = torch.randn(5, 4)
+    with caplog.at_level("WARNING"):
+        y1 = cache(x)
+        y2 = cache(2 * x)
+    assert torch.equal(y1, lin(x)) and torch.equal(y2, lin(2 * x))
+    assert cache.eager_calls == 2 and cache.captures == 0
+    assert sum("further layouts run eager" in r.message for r in caplog.records) == 1

@@ -361,7 +361,9 @@ def compute_losses(
 
     per["l1"] = l1_loss(rgb, gt) if cfg.l1_weight else zero
     if cfg.lpips_weight:
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=lpips_autocast):
+        # no weight-cast cache: CUDA-graph capture of the LPIPS net (cuda_graphs) needs it off; it would only save
+        # the second cast of each conv weight (prediction and target passes), and the values are the same
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=lpips_autocast, cache_enabled=False):
             per["lpips"] = lpips_loss(rgb, gt, lpips_fn).to(dt)
     else:
         per["lpips"] = zero

@@ -127,7 +127,8 @@ class ZipSplatConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     # ours: replay the ViT backbone's forward and backward in training as CUDA graphs, one capture per batch layout
-    # (zipsplat_ns/models/cuda_graphs.py); eager kernels, the same function, far less host time per step
+    # (zipsplat_ns/models/cuda_graphs.py; the model graphs its LPIPS-VGG loss the same way); eager kernels, the
+    # same function, far less host time per step
     cuda_graphs: bool = False
     use_xformers: bool | None = None  # None: use the fused SwiGLU kernel iff xformers is importable
     # attention kernels of the fusion stage (cross/self-attention over the selected tokens, colour cross-attention):
@@ -316,9 +317,9 @@ class ZipSplat(nn.Module):
                 self.load_backbone_weights(cfg.backbone_weights, allow_pickle=allow_pickle)
         self._graphed_vit = None
         if cfg.cuda_graphs:
-            from zipsplat_ns.models.cuda_graphs import GraphedViT
+            from zipsplat_ns.models.cuda_graphs import GraphCache
 
-            self._graphed_vit = GraphedViT(self.backbone.backbone)
+            self._graphed_vit = GraphCache(self.backbone.backbone, "ViT backbone")
         self.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.precision in _TRUNK_DTYPE:
             self._cast_trunk()
@@ -648,8 +649,8 @@ class ZipSplat(nn.Module):
 
     def _run_backbone(self, images: Tensor, cameras, poses) -> list[Tensor]:
         """The backbone's taps: replayed from CUDA graphs in training when ``cuda_graphs`` is on, else eager."""
-        graphed = self._graphed_vit
-        if graphed is not None and graphed.usable(self.backbone.backbone, images):
+        graphed, vit = self._graphed_vit, self.backbone.backbone
+        if graphed is not None and vit.training and not vit.grad_checkpointing and graphed.usable(images):
             return graphed(images, self.backbone.camera_tokens(cameras, poses, images.device))
         return self.backbone(images, cameras, poses)
 

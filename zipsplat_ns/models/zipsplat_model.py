@@ -109,8 +109,9 @@ class ZipSplatModelConfig(ModelConfig):
     batch layout (scenes x views; priors on/off). The kernels are eager PyTorch's, so the function and gradients are
     the same; it removes most of the host time of small models' steps, which are bound by the CPU issuing kernels.
     Needs CUDA and no grad_checkpointing (ignored otherwise); each layout's capture costs a few steps' time and keeps
-    the backbone's activations of that layout in a shared graph memory pool. Gradients must be cleared with
-    set_to_none before each step (nerfstudio's default); gradient accumulation is refused."""
+    the backbone's activations of that layout in a shared graph memory pool. The LPIPS-VGG loss network is graphed
+    the same way (per target layout). Gradients must be cleared with set_to_none before each step (nerfstudio's
+    default); gradient accumulation is refused."""
     inductor_padding: bool = False
     """With compile: keep inductor's stride padding (``torch._inductor.config.comprehensive_padding``, process-wide).
     Off by default: with it, compiled small failed on an H200 (torch 2.11) in its first backward pass with the stride
@@ -145,6 +146,11 @@ class ZipSplatModelConfig(ModelConfig):
     """Condition the viewer / export scene on its context cameras and poses (posed inputs only)."""
     seed: int = 0
     """Seed of the per-step compression / priors draws (offset by the rank)."""
+
+
+def _lpips_on_unit_images(net: nn.Module, pred: Tensor, gt: Tensor) -> Tensor:
+    """LPIPS of ``(N, 3, H, W)`` images in [0, 1], as :func:`zipsplat_ns.losses.lpips_loss` calls it by default."""
+    return net(pred.float(), gt.float(), normalize=True)
 
 
 def _downscaled_size(size: Tuple[int, int], factor: int, what: str) -> Tuple[int, int]:
@@ -212,6 +218,7 @@ class ZipSplatModel(SplatfactoModel):
             cuda_graphs=cfg.cuda_graphs,
         )
         self._compiled = False
+        self._lpips_graphs: Dict[torch.device, Any] = {}  # cuda_graphs: per-device GraphCache of LPIPS-VGG
         if int(cfg.mask_render_chunk) < 1:
             raise ValueError(f"mask_render_chunk must be >= 1 (context views per render call), got {cfg.mask_render_chunk}")
         for name, p in self.net.named_parameters():
@@ -380,6 +387,21 @@ class ZipSplatModel(SplatfactoModel):
             out["activated"] = activated
         return out
 
+    def _graphed_lpips(self, render: Tensor):
+        """With ``cuda_graphs``: the LPIPS-VGG loss network as CUDA graphs (forward + backward per target layout), as
+        an ``lpips_fn`` for :func:`compute_losses`; None (the eager default) otherwise or when nothing needs its
+        gradient."""
+        if not (self.config.cuda_graphs and render.is_cuda and render.requires_grad and torch.is_grad_enabled()):
+            return None
+        graphs = self._lpips_graphs.get(render.device)
+        if graphs is None:
+            from zipsplat_ns.lpips import get_lpips_vgg
+            from zipsplat_ns.models.cuda_graphs import GraphCache
+
+            graphs = GraphCache(get_lpips_vgg(render.device), "LPIPS-VGG", fn=_lpips_on_unit_images, single_output=True)
+            self._lpips_graphs[render.device] = graphs
+        return graphs
+
     @staticmethod
     def _check_inputs(inputs: Dict[str, Tensor]) -> Dict[str, Any]:
         """Validate a training batch's cameras and poses in one device -> host read (one GPU synchronisation per
@@ -467,6 +489,7 @@ class ZipSplatModel(SplatfactoModel):
             config=self.config.loss,
             # the reference computes its loss inside the bf16 autocast region, so its LPIPS-VGG convolutions run in bf16
             lpips_autocast=self.net.config.precision == "amp-bf16",
+            lpips_fn=self._graphed_lpips(outputs["target_render"]),
         )
         total = terms.total
         finite = bool(torch.isfinite(total.detach()))
