@@ -32,9 +32,7 @@ class Camera(PackedTensor):
         check_last_dims(data, (6,), "Camera data ([w, h, fx, fy, cx, cy])")
         if data.device.type != "meta" and data.numel():
             # all three checks in one device -> host read (one synchronisation for a CUDA tensor)
-            finite, size_ok, focal_ok = torch.stack(
-                [torch.isfinite(data).all(), (data[..., 0:2] > 0).all(), (data[..., 2:4] > 0).all()]
-            ).tolist()
+            finite, size_ok, focal_ok = intrinsics_checks(data).tolist()
             if not finite:
                 check_finite(data, "Camera data")
             if not size_ok:
@@ -134,18 +132,16 @@ class Camera(PackedTensor):
     # ---------------------------------------------------------------------------------------------- transforms
     def scale(self, factor: ScaleLike) -> "Camera":
         """Resize the image by ``factor`` (scalar or ``(sx, sy)``): size, focal length and principal point scale."""
-        if isinstance(factor, (int, float)) or (
-            isinstance(factor, (tuple, list)) and all(isinstance(f, (int, float)) for f in factor)
-        ):
-            if not all(0 < f < math.inf for f in (factor if isinstance(factor, (tuple, list)) else [factor])):
-                raise ValueError(f"Camera.scale: factors must be positive and finite, got {factor}")
-            checked = True  # on the host: no device read
-        else:
-            checked = False
+        # Python numbers are checked on the host (no device read); tensors on their device
+        host = [factor] if isinstance(factor, (int, float)) else factor if isinstance(factor, (tuple, list)) else None
+        if host is not None and not all(isinstance(f, (int, float)) for f in host):
+            host = None
+        if host is not None and not all(0 < f < math.inf for f in host):
+            raise ValueError(f"Camera.scale: factors must be positive and finite, got {factor}")
         s = torch.as_tensor(factor, dtype=self.dtype, device=self.device)
         if s.ndim == 0 or s.shape[-1] != 2:
             s = s[..., None].expand(*s.shape, 2)
-        if not checked and (s <= 0).any():
+        if host is None and (s <= 0).any():
             raise ValueError(f"Camera.scale: factors must be positive, got {factor}")
         s6 = torch.cat([s, s, s], -1)
         return Camera.wrap(self.data * s6)  # positive factors keep a valid camera valid (and finite ones finite)
@@ -168,6 +164,21 @@ class Camera(PackedTensor):
         return Camera(d)
 
 
+def intrinsics_checks(data: Float[Tensor, "*batch 6"]) -> Tensor:
+    """``[all finite, all sizes > 0, all focal lengths > 0]`` of packed intrinsics: a ``(3,)`` bool tensor on their
+    device, not read yet, so that a caller can fold it into one device -> host read with other checks."""
+    return torch.stack([torch.isfinite(data).all(), (data[..., 0:2] > 0).all(), (data[..., 2:4] > 0).all()])
+
+
+def size_range(data: Float[Tensor, "*batch 6"]) -> Tensor:
+    """``[max w, min w, max h, min h, largest distance of a size from whole pixels]`` of packed intrinsics: a
+    ``(5,)`` float tensor on their device, not read yet (see :func:`intrinsics_checks`)."""
+    size = data[..., 0:2].reshape(-1, 2).float()
+    return torch.stack(
+        [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(), (size - size.round()).abs().amax()]
+    )
+
+
 def ensure_camera(camera: Union[Camera, Tensor], name: str = "camera") -> Camera:
     """Accept a :class:`Camera` or a raw ``(..., 6)`` tensor."""
     if isinstance(camera, Camera):
@@ -177,5 +188,5 @@ def ensure_camera(camera: Union[Camera, Tensor], name: str = "camera") -> Camera
     raise TypeError(f"{name}: expected a zipsplat_ns.Camera or a (..., 6) tensor, got {type(camera).__name__}")
 
 
-__all__ = ["Camera", "ensure_camera"]
+__all__ = ["Camera", "ensure_camera", "intrinsics_checks", "size_range"]
 

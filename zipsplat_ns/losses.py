@@ -376,7 +376,9 @@ def compute_losses(
     has_depth = has_depth.to(device=dev, dtype=torch.bool).reshape(B)
     if target_depths is None:
         has_depth = torch.zeros_like(has_depth)
-    geo = bool(has_depth.any()) if any_depth is None or target_depths is None else bool(any_depth)
+        geo = False
+    else:
+        geo = bool(has_depth.any()) if any_depth is None else bool(any_depth)
 
     act = activated
     if act is None and cfg.detach_activated and cfg.chamfer_weight and geo:

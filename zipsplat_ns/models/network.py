@@ -271,6 +271,7 @@ class ZipSplat(nn.Module):
         self._fp32_master: dict[str, Tensor] = {}
         self._is_compiled = False  # set by compile(); a later dtype change must drop the compiled graphs
         self._register_load_state_dict_pre_hook(self._refresh_fp32_master)
+        self._register_load_state_dict_pre_hook(self._reset_cuda_graphs_on_load)
         valid = {f.name for f in fields(ZipSplatConfig)}
         bad = set(overrides) - valid
         if bad:
@@ -457,11 +458,13 @@ class ZipSplat(nn.Module):
         self._reset_cuda_graphs()
         return out
 
+    def _reset_cuda_graphs_on_load(self, *args) -> None:
+        """load_state_dict pre-hook: ``assign=True`` loading replaces the parameters the captured graphs point to."""
+        self._reset_cuda_graphs()
+
     def _refresh_fp32_master(self, state_dict, prefix, *args) -> None:
         """load_state_dict pre-hook: in the bf16 mode, remember the loaded fp32 values (bf16 params only keep the
-        rounded ones) so that ``set_precision("fp32")`` afterwards still gives the exact checkpoint. Also drops the
-        backbone's CUDA graphs (``assign=True`` loading replaces the parameters they point to)."""
-        self._reset_cuda_graphs()
+        rounded ones) so that ``set_precision("fp32")`` afterwards still gives the exact checkpoint."""
         for name in list(self._fp32_master):
             v = state_dict.get(prefix + name)
             if isinstance(v, Tensor):

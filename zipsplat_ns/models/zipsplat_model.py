@@ -47,7 +47,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
 
-from zipsplat_ns.camera import Camera
+from zipsplat_ns.camera import Camera, intrinsics_checks, size_range
 from zipsplat_ns.gaussians import Gaussians
 from zipsplat_ns.losses import LOSS_NAMES, LossConfig, LossTerms, activated_mask, compute_losses
 from zipsplat_ns.ns_cameras import flip_world_points, from_nerfstudio
@@ -411,39 +411,40 @@ class ZipSplatModel(SplatfactoModel):
         Raises ``ValueError`` naming the input: non-finite values, non-positive sizes or focal lengths, or cameras
         of one kind whose image sizes differ or are not whole pixels.
         """
-        vals, names = [], []
-        for key in ("context_camera", "target_camera"):
+        cam_keys, pose_keys = ("context_camera", "target_camera"), ("context_pose", "target_pose")
+        parts: Dict[str, Tensor] = {}  # per input, its checks on the device (read together below)
+        for key in cam_keys:
             cam = inputs[key]
             if cam.shape[-1] != 6:
                 raise ValueError(f"{key}: expected (..., 6) intrinsics [w, h, fx, fy, cx, cy], got {tuple(cam.shape)}")
-            size = cam[..., 0:2].reshape(-1, 2).float()
-            vals += [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(),
-                     (size - size.round()).abs().amax(), torch.isfinite(cam).all().float(),
-                     (cam[..., 0:4] > 0).all().float()]  # fmt: skip
-            names.append(key)
-        for key in ("context_pose", "target_pose"):
+            parts[key] = torch.cat([intrinsics_checks(cam).float(), size_range(cam)])
+        for key in pose_keys:
             pose = inputs[key]
             if pose.shape[-1] != 12:
                 raise ValueError(f"{key}: expected (..., 12) packed [R row-major 9, t 3] poses, got {tuple(pose.shape)}")
-            vals.append(torch.isfinite(pose).all().float())
+            parts[key] = torch.isfinite(pose).all().float()[None]
         hd = inputs.get("has_depth")
-        vals.append(hd.any().float() if hd is not None else torch.ones((), device=inputs["target_camera"].device))
-        v = torch.stack([x.float() for x in vals]).tolist()
+        if hd is not None:
+            parts["has_depth"] = hd.any().float()[None]
+        flat = torch.cat(list(parts.values())).tolist()
+        read, i = {}, 0
+        for key, p in parts.items():
+            read[key], i = flat[i : i + p.numel()], i + p.numel()
         out: Dict[str, Any] = {}
-        for i, key in enumerate(names):
-            w_max, w_min, h_max, h_min, frac, finite, positive = v[7 * i : 7 * i + 7]
+        for key in cam_keys:
+            finite, size_ok, focal_ok, w_max, w_min, h_max, h_min, frac = read[key]
             if not finite:
                 raise ValueError(f"{key}: contains non-finite values (NaN or Inf)")
-            if not positive:
+            if not (size_ok and focal_ok):
                 raise ValueError(f"{key}: image sizes and focal lengths must be positive")
             if w_max != w_min or h_max != h_min or frac > 1e-3:
                 raise ValueError(f"{key}: every camera of a batch must have the same whole-pixel image size, got "
                                  f"widths {w_min:g}..{w_max:g} and heights {h_min:g}..{h_max:g}")  # fmt: skip
             out[key.replace("camera", "size")] = (int(round(w_max)), int(round(h_max)))
-        for j, key in enumerate(("context_pose", "target_pose")):
-            if not v[14 + j]:
+        for key in pose_keys:
+            if not read[key][0]:
                 raise ValueError(f"{key}: contains non-finite values (NaN or Inf)")
-        out["any_depth"] = bool(v[16]) if hd is not None else None  # None: the batch did not say
+        out["any_depth"] = bool(read["has_depth"][0]) if hd is not None else None  # None: the batch did not say
         return out
 
     @staticmethod

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, Literal, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor
 
-from zipsplat_ns.camera import Camera, ensure_camera
+from zipsplat_ns.camera import Camera, ensure_camera, size_range
 from zipsplat_ns.pose import Pose, ensure_pose
 
 if TYPE_CHECKING:
@@ -62,15 +62,12 @@ def default_backend(device: Union[torch.device, str]) -> Backend:
 
 def camera_image_size(cameras: Camera) -> Tuple[int, int]:
     """The ``(width, height)`` shared by all ``cameras``; raises if they differ or are not whole pixels."""
-    size = cameras.size.flatten(0, -2)  # (n, 2)
     # every check in one device -> host read (one synchronisation for CUDA cameras)
-    w_max, w_min, h_max, h_min, frac = torch.stack(
-        [size[:, 0].amax(), size[:, 0].amin(), size[:, 1].amax(), size[:, 1].amin(), (size - size.round()).abs().max()]
-    ).tolist()
+    w_max, w_min, h_max, h_min, frac = size_range(cameras.data).tolist()
     if w_max != w_min or h_max != h_min:
         raise ValueError("render: all cameras in one call must share the same image size")
     if frac > 1e-3:
-        raise ValueError(f"render: image sizes must be whole pixels, got {size[0].tolist()}")
+        raise ValueError(f"render: image sizes must be whole pixels, got {cameras.size.reshape(-1, 2)[0].tolist()}")
     return int(round(w_max)), int(round(h_max))
 
 
