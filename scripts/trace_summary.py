@@ -3,7 +3,9 @@
 Per step (the ``stepN`` ranges): wall time, GPU busy time (union of kernel / memcpy / memset intervals) and the GPU's
 idle share. Per named phase (``phase:*`` ranges): host wall time, aten ops issued, kernels launched and their device
 time. Every ``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / blocking copy with the innermost project or gsplat
-Python frame that issued it, so each host-device synchronisation can be traced to its caller.
+Python frame that issued it, so each host-device synchronisation can be traced to its caller. Per kernel category
+(rasterizer forward / backward, tile intersection, sorting, attention, GEMM, convolution, layer norm, Triton fusions,
+...) and per kernel name: device time per step, so the GPU's own work can be attributed.
 
     python scripts/trace_summary.py TRACE.json [--output summary.json]
 """
@@ -39,6 +41,35 @@ def union_us(intervals) -> float:
     return total
 
 
+# first match wins: cuDNN's attention kernels before convolutions, gsplat's stages before the generic patterns
+KERNEL_CATEGORIES = (
+    ("raster_fwd", ("rasterize_to_pixels_fwd",)),
+    ("raster_bwd", ("rasterize_to_pixels_bwd",)),
+    ("tile_isect", ("isect_tiles", "isect_offset")),
+    ("sort", ("RadixSort", "radix_sort", "cub::")),
+    ("projection", ("projection", "proj_")),
+    ("gsplat_other", ("gsplat::",)),
+    ("nn_search", ("nn_kernel", "nn_pruned")),
+    ("attention", ("flash", "sdpa", "fmha", "attention", "attn")),
+    ("layer_norm", ("layer_norm", "LayerNorm", "GammaBeta")),
+    ("triton", ("triton_",)),
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "wgmma", "sm90_", "sm80_")),
+    ("conv", ("conv", "implicit", "cudnn", "winograd", "nchw", "nhwc")),
+    ("optimizer", ("multi_tensor", "fused_adam", "FusedAdam", "adamw")),
+    ("reduce", ("reduce_kernel", "Reduce")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+)
+
+
+def kernel_category(name: str, cat: str) -> str:
+    if cat != "kernel":
+        return cat  # gpu_memcpy / gpu_memset
+    for label, keys in KERNEL_CATEGORIES:
+        if any(k in name for k in keys):
+            return label
+    return "other"
+
+
 def summarise(events: list) -> dict:
     for e in events:
         e["te"] = e["ts"] + e.get("dur", 0)
@@ -53,7 +84,7 @@ def summarise(events: list) -> dict:
         c = k.get("args", {}).get("correlation")
         if c is not None:
             by_corr[c] = k
-    out: dict = {"steps": [], "phases": {}, "syncs": []}
+    out: dict = {"steps": [], "phases": {}, "syncs": [], "kernel_categories": {}, "top_kernels": []}
     for st in steps:
         busy = union_us((k["ts"], k["te"]) for k in gpu if st["ts"] <= k["ts"] < st["te"])
         out["steps"].append({"name": st["name"], "wall_ms": round(st["dur"] / 1e3, 2), "gpu_busy_ms": round(busy / 1e3, 2),
@@ -85,6 +116,18 @@ def summarise(events: list) -> dict:
                 other["device_ms"] += k["dur"] / 1e3
     acc["(autograd threads)"] = other
     out["phases"] = {k: {kk: round(vv / n, 2) for kk, vv in v.items()} for k, v in acc.items()}
+    # the GPU's own work per step: by category and by kernel name (kernels inside the step ranges only)
+    in_steps = [k for k in gpu if any(st["ts"] <= k["ts"] < st["te"] for st in steps)] if steps else gpu
+    by_cat, by_name, count = collections.Counter(), collections.Counter(), collections.Counter()
+    for k in in_steps:
+        by_cat[kernel_category(k["name"], k.get("cat", ""))] += k["dur"] / 1e3
+        by_name[k["name"][:100]] += k["dur"] / 1e3
+        count[k["name"][:100]] += 1
+    total = sum(by_cat.values()) or 1.0
+    out["kernel_categories"] = {c: {"ms_per_step": round(v / n, 2), "share": round(v / total, 3)}
+                                for c, v in by_cat.most_common()}
+    out["top_kernels"] = [{"name": k, "ms_per_step": round(v / n, 3), "calls_per_step": round(count[k] / n, 1)}
+                          for k, v in by_name.most_common(40)]
     # synchronisations and their callers: the innermost python frame in our code or gsplat enclosing each
     py = sorted((e for e in events if e.get("cat") == "python_function"), key=lambda e: e["ts"])
     py_by_tid = collections.defaultdict(list)
