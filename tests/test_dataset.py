@@ -391,6 +391,48 @@ def test_a_training_stream_of_only_unusable_scenes_fails_clearly(tmp_path):
     assert [next(it)["scene"] for _ in range(3)] == [["long"]] * 3
 
 
+def test_view_counts_beyond_every_scene_are_capped_with_a_warning(tmp_path, caplog):
+    """The schedule asks for more views than any scene has (the built-in data has 12 frames, the GPU recipes draw up
+    to 24 views): after one fruitless pass the stream caps its context views at frames - targets and says so,
+    instead of stopping the run."""
+    d = write_dir(tmp_path / "twelve", [make_scene(f"s{i}", n=12, seed=i) for i in range(3)])
+    st = stream([DatasetSpec(d)], train=True, min_views=2, max_views=24, image_budget=24)
+    st.set_max_views(24)
+    with caplog.at_level(logging.WARNING, logger="zipsplat_ns.data.dataset"):
+        it = iter(st)
+        views = [next(it)["context"]["image"].shape[1] for _ in range(12)]
+    assert max(views) <= 12 - 4 and min(views) >= 2
+    assert st._views_cap == 8
+    assert any("drawing at most 8 context views" in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_whose_share_is_unusable_reads_the_other_shards(tmp_path, caplog):
+    """Two streams over two shards, one holding only a broken scene: that stream widens to every shard (with a
+    warning) instead of killing the DataLoader."""
+    scenes = [make_scene("good", n=10, seed=1)]
+    d = write_dir(tmp_path / "mix", scenes)
+    bad = tmp_path / "mix" / "bad.tar"
+    bad.write_bytes(b"not a tar archive at all" * 100)
+    st = stream([DatasetSpec(d)], train=True, max_views=4, image_budget=4)
+    shard_names = [sh.name for _, sh in st.shards]
+    assert sorted(shard_names) == ["bad.tar", "good.tar"]
+    with caplog.at_level(logging.WARNING, logger="zipsplat_ns.data.dataset"):
+        # the stream whose share is bad.tar: worker id of its position among 2 streams
+        wid = shard_names.index("bad.tar")
+        st._worker = lambda: (wid, 2)  # as DataLoader worker `wid` of 2
+        it = iter(st)
+        assert next(it)["scene"] == ["good"]
+    assert any("reads every shard from now on" in r.getMessage() for r in caplog.records)
+
+
+def test_eval_streams_that_own_nothing_read_nothing(tmp_path):
+    """More eval streams than scenes: every scene is read exactly once over all streams."""
+    d = write_dir(tmp_path / "few", [make_scene(f"s{i}", n=10, seed=i) for i in range(3)], per_scene=False)
+    st = stream([DatasetSpec(d)], train=False)
+    keys = _collect_keys(st, world=2, workers=3)
+    assert sorted(k for v in keys.values() for k in v) == ["s0", "s1", "s2"]
+
+
 def _collect_keys(st: ShardStream, world: int, workers: int):
     out = {}
     for rank in range(world):

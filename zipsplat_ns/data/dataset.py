@@ -549,6 +549,8 @@ class ShardStream(IterableDataset):
             raise ValueError("ShardStream: index replay samplers are for evaluation (train=False)")
         self._max_views = max_views_value if max_views_value is not None else new_max_views_value(max_views)
         self.shards = weighted_shards(self.specs)
+        # set per stream (worker) when the data cannot serve the schedule's view counts (see __iter__)
+        self._views_cap: Optional[int] = None
 
     # ----------------------------------------------------------------------------------------- view schedule
     def set_max_views(self, n: int) -> None:
@@ -570,9 +572,13 @@ class ShardStream(IterableDataset):
         return info.id, info.num_workers
 
     def _raw_items(
-        self, gw: int, total: int, wid: int, nw: int
+        self, gw: int, total: int, wid: int, nw: int, state: Optional[Dict[str, bool]] = None
     ) -> Iterator[Tuple[int, str, Union[RawScene, SceneError]]]:
-        """``(spec index, shard name, scene or error)`` for this stream, epoch after epoch in training."""
+        """``(spec index, shard name, scene or error)`` for this stream, epoch after epoch in training.
+
+        ``state["widen"]`` (set by :meth:`__iter__` when a whole training pass gave no usable sample) makes the stream
+        read every shard from the next pass on, instead of its share; ``state["reading_all"]`` says when it does."""
+        state = {} if state is None else state
         positions, fallback = split_shards(len(self.shards), self.rank, self.world_size, wid, nw)
         epoch = 0
         own_all = False
@@ -590,8 +596,11 @@ class ShardStream(IterableDataset):
                         owned += 1
                         yield spec_idx, f"{self.specs[spec_idx].name}/{shard.name}", item
             if fallback and owned == 0 and not own_all and running > 0:
+                if not self.train:
+                    return  # evaluation reads every scene once over all streams: this one has none
                 logger.info("stream %d/%d owns no scene of %d; reading them all", gw, total, running)
                 own_all = True
+                state["reading_all"] = True
                 continue
             epoch += 1
             if not self.train:
@@ -599,11 +608,21 @@ class ShardStream(IterableDataset):
             if owned == 0:
                 raise RuntimeError(f"ShardStream: no scenes found in {[str(s.path) for s in self.specs]}")
             yield PASS_END, "", None  # __iter__ checks that the pass gave at least one usable sample
+            if state.get("widen") and not state.get("reading_all"):
+                logger.warning(
+                    "stream %d/%d: a whole pass over its %d scene(s) gave no usable sample; it reads every shard "
+                    "from now on (other streams' scenes too) instead of stopping the run", gw, total, owned,
+                )  # fmt: skip
+                positions, fallback, own_all = list(range(len(self.shards))), True, True
+                state["reading_all"] = True
 
     def _draw_shape(self, rng: np.random.Generator) -> Tuple[int, int]:
         if not self.train:
             return self.eval_views, self.eval_batch_size
-        vc = int(rng.integers(self.min_views, self.current_max_views() + 1))
+        hi = self.current_max_views()
+        if self._views_cap is not None:
+            hi = max(self.min_views, min(hi, self._views_cap))
+        vc = int(rng.integers(self.min_views, hi + 1))
         return vc, max(1, self.image_budget // vc)
 
     def _scene_rng(self, key: str) -> np.random.Generator:
@@ -663,10 +682,12 @@ class ShardStream(IterableDataset):
             yield from self._iter_index(gw, total)
             return
         rng = np.random.default_rng([self.seed, gw, 0x5EED])
-        items = self._raw_items(gw, total, wid, nw)
+        state: Dict[str, bool] = {}
+        items = self._raw_items(gw, total, wid, nw, state)
         skips = SkipLog()
         exhausted = False
         usable, skipped_before = 0, Counter()
+        largest = 0  # most frames of a scene in this pass that its sampler's minimum allows to use
         while not exhausted:
             vc, bs = self._draw_shape(rng)
             samples: List[Dict[str, Any]] = []
@@ -675,17 +696,28 @@ class ShardStream(IterableDataset):
                 if spec_idx == PASS_END:  # a training stream would otherwise loop forever over unusable scenes
                     if usable == 0:
                         why = dict(skips.total - skipped_before)
+                        usable, skipped_before = 0, Counter(skips.total)
+                        if self._cap_views(largest, why, gw, total):
+                            largest, exhausted = 0, False
+                            break  # draw the batch shape again under the new cap
+                        if not state.get("reading_all"):
+                            state["widen"] = True
+                            largest = 0
+                            continue
                         raise RuntimeError(
                             f"ShardStream: a whole pass over this stream's scenes in {[str(s.path) for s in self.specs]}"
                             f" gave no usable sample (skipped: {why}); check the data with `zipsplat-ns shards check` "
                             f"and the view counts (min/max views {self.min_views}/{self.max_views} + "
                             f"{self.num_target_views} targets, sampler spans) against the scenes' frame counts"
                         )
-                    usable, skipped_before = 0, Counter(skips.total)
+                    usable, skipped_before, largest = 0, Counter(skips.total), 0
                     continue
                 if isinstance(item, SceneError):
                     skips.add("bad_scene", shard, item.key, item.reason)
                     continue
+                sampler = self.samplers[spec_idx]
+                if not isinstance(sampler, IndexSampler) and item.num_views >= sampler.min_required_images:
+                    largest = max(largest, item.num_views)
                 s = self.make_sample(spec_idx, shard, item, vc, rng if self.train else None, skips)
                 if s is not None:
                     samples.append(s)
@@ -695,6 +727,24 @@ class ShardStream(IterableDataset):
                     break
             if samples:
                 yield self._finish(samples, skips)
+
+    def _cap_views(self, largest: int, why: Dict[str, int], gw: int, total: int) -> bool:
+        """After a training pass without a usable sample that only skipped scenes for too few frames: cap this
+        stream's context view count at what its largest scene can serve (``frames - target views``) and say so.
+        False when a cap would not help (other skip reasons, no scene with enough frames, or already capped)."""
+        cap = largest - self.num_target_views
+        if set(why) != {"too_few_frames"} or cap < self.min_views:
+            return False
+        if self._views_cap is not None and cap >= self._views_cap:
+            return False
+        self._views_cap = cap
+        logger.warning(
+            "stream %d/%d: no scene has enough frames for the drawn view count (largest scene: %d frames, %d of them "
+            "target views); drawing at most %d context views from now on (the view schedule asks for up to %d; "
+            "lower --pipeline.datamanager.max-views to %d to match the data)",
+            gw, total, largest, self.num_target_views, cap, self.current_max_views(), cap,
+        )  # fmt: skip
+        return True
 
     def directories(self) -> List[ShardDirectory]:
         return [ShardDirectory(s.path) for s in self.specs]
