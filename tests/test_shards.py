@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -144,7 +145,7 @@ def test_writer_is_atomic_and_refuses_bad_scenes(tmp_path):
         with ShardWriter(out) as w:
             w.add(make_scene("a"))
             raise RuntimeError("boom")
-    assert list(out.iterdir()) == []  # nothing half-written
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written, no staging left
     bad = make_scene("b")
     bad.poses[1, 10] = np.nan
     with pytest.raises(SceneError, match="'b'.*non-finite values in views \\[1\\]"):
@@ -158,6 +159,42 @@ def test_writer_is_atomic_and_refuses_bad_scenes(tmp_path):
         write_shards([make_scene("b")], out)
     write_shards([make_scene("b")], out, overwrite=True)
     assert read_index(out) == {"b": "shard-000000.tar"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old set and the staging folder are gone
+
+
+def test_overwrite_swaps_whole_sets_and_a_failed_swap_keeps_the_old_one(tmp_path, monkeypatch):
+    """overwrite=True never leaves a mix of old and new shards: a failure while swapping puts the old set back;
+    an interrupted swap (old set renamed aside, new one not in) is reported by the next writer; other files in the
+    directory are not silently deleted."""
+    import zipsplat_ns.data.shards as shards_mod
+
+    out = tmp_path / "out"
+    write_shards([make_scene("a"), make_scene("b")], out, shard_size_mb=1e-4)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 3  # two shards + index
+    real, calls = os.rename, []
+
+    def failing_second_rename(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:  # the staged set moving in
+            raise OSError(28, "No space left on device (simulated)")
+        return real(a, b)
+
+    monkeypatch.setattr(shards_mod.os, "rename", failing_second_rename)
+    with pytest.raises(OSError, match="No space"):
+        write_shards([make_scene("c")], out, overwrite=True)
+    monkeypatch.setattr(shards_mod.os, "rename", real)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # an interrupted swap: the next writer names the folder holding the previous shards
+    aside = tmp_path / ".out.replaced-1-2"
+    os.rename(out, aside)
+    with pytest.raises(FileExistsError, match=r"interrupted; its previous shards are in .*\.out\.replaced-1-2"):
+        write_shards([make_scene("c")], out, overwrite=True)
+    os.rename(aside, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="also holds notes.txt"):
+        write_shards([make_scene("c")], out, overwrite=True)
 
 
 def build_corrupt_dir(tmp_path: Path) -> Path:

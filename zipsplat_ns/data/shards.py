@@ -73,8 +73,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> N
 class ShardWriter:
     """Write scenes into ``shard-NNNNNN.tar`` files of about ``shard_size_mb`` each, plus ``index.json``.
 
-    Everything is written into a staging folder inside ``out_dir`` and moved into place only when the writer closes
-    without error, so an interrupted conversion never leaves a half-written shard or an index that lists missing
+    Everything is written into a staging folder beside ``out_dir`` and moved into place only when the writer closes
+    without error (see :meth:`close`), so an interrupted conversion never leaves a half-written shard or an index that lists missing
     scenes. ``per_scene=True`` writes one ``{key}.tar`` per scene (the MipNeRF360 layout).
     """
 
@@ -91,15 +91,31 @@ class ShardWriter:
         self.out_dir = Path(out_dir)
         self.shard_size = int(shard_size_mb * 1024 * 1024)
         self.prefix, self.per_scene, self.validate = prefix, per_scene, validate
+        parent, name = self.out_dir.parent, self.out_dir.name
+        interrupted = sorted(parent.glob(f".{name}.replaced-*")) if parent.is_dir() else []
+        if interrupted and not self.out_dir.exists():
+            raise FileExistsError(
+                f"ShardWriter: an earlier overwrite of {self.out_dir} was interrupted; its previous shards are in "
+                f"{interrupted[0]}. Rename that folder back to {self.out_dir} (or delete it), then run again"
+            )
         existing = sorted(self.out_dir.glob("*.tar")) if self.out_dir.is_dir() else []
         if existing and not overwrite:
             raise FileExistsError(
                 f"ShardWriter: {self.out_dir} already holds {len(existing)} shard(s); "
                 "choose an empty directory or pass overwrite=True (--overwrite)"
             )
-        self._replaced = existing + ([self.out_dir / INDEX_NAME] if (self.out_dir / INDEX_NAME).exists() else [])
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(os.path.join(self.out_dir, f".staging-{os.getpid()}-{time.time_ns()}"))
+        self._replacing = bool(existing)
+        if existing:  # overwrite swaps the whole directory, so it must hold nothing else
+            others = sorted(p.name for p in self.out_dir.iterdir()
+                            if not (p.suffix == ".tar" or p.name == INDEX_NAME or p.name.startswith(".staging-")))  # fmt: skip
+            if others:
+                raise FileExistsError(
+                    f"ShardWriter: overwrite replaces the whole directory {self.out_dir}, which also holds "
+                    f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}; move those or choose another directory"
+                )
+        # staged beside the output (same file system), so that the finished shards move in with one rename
+        parent.mkdir(parents=True, exist_ok=True)
+        self._staging = parent / f".{name}.staging-{os.getpid()}-{time.time_ns()}"
         self._staging.mkdir()
         self.index: Dict[str, str] = {}
         self._tar: Optional[tarfile.TarFile] = None
@@ -146,19 +162,38 @@ class ShardWriter:
         self.index[scene.key] = self._name
 
     def close(self) -> Dict[str, str]:
-        """Move the finished shards into ``out_dir``, write ``index.json`` last, and return the index."""
+        """Put the finished shards and their ``index.json`` in place and return the index.
+
+        A new (or missing) output directory is the staging folder renamed: all or nothing. ``overwrite=True`` over
+        existing shards swaps the directories (old one renamed aside, new one renamed in, old one deleted), so a
+        reader sees either the old set or the new one, never a mix. An existing directory without shards gets the
+        shards moved in and the index written last."""
         if self._closed:
             return self.index
-        self._finish_shard()
-        new_names = {p.name for p in self._staging.glob("*.tar")}
-        for old in self._replaced:  # overwrite=True: old shards go only once the new ones are complete
-            if old.name not in new_names and old.exists():
-                old.unlink()
-        for p in sorted(self._staging.glob("*.tar")):
-            os.replace(p, self.out_dir / p.name)
-        atomic_write(self.out_dir / INDEX_NAME, json.dumps(self.index, indent=2) + "\n")
-        shutil.rmtree(self._staging, ignore_errors=True)
-        self._closed = True
+        try:
+            self._finish_shard()
+            for p in self._staging.glob("*.tar"):  # on disk before any rename makes them visible
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            atomic_write(self._staging / INDEX_NAME, json.dumps(self.index, indent=2) + "\n")
+            if not self.out_dir.exists():
+                os.rename(self._staging, self.out_dir)
+            elif self._replacing:
+                old = self.out_dir.parent / f".{self.out_dir.name}.replaced-{os.getpid()}-{time.time_ns()}"
+                os.rename(self.out_dir, old)
+                try:
+                    os.rename(self._staging, self.out_dir)
+                except BaseException:
+                    os.rename(old, self.out_dir)  # put the previous shards back
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                for p in sorted(self._staging.glob("*.tar")):
+                    os.replace(p, self.out_dir / p.name)
+                os.replace(self._staging / INDEX_NAME, self.out_dir / INDEX_NAME)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._closed = True
         return self.index
 
     def abort(self) -> None:
