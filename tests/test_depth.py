@@ -406,3 +406,20 @@ def test_real_llff_points_project_into_converted_scene(tmp_path: Path) -> None:
     assert len(report.filled) == 1, report.summary()
     _, source, frac = report.filled[0]
     assert source == "sfm" and frac > 0.01  # thousands of points over a 128 px image
+
+
+def test_a_depth_model_failure_skips_that_scene_only(dataset) -> None:
+    """A per-scene error of the depth model (not out-of-memory) is skipped, named and counted; the other scenes of
+    the shard still get their depth and the shard is rewritten."""
+    shard_dir, _, _ = dataset
+
+    def est(scene):
+        if scene.key == "nopts":
+            raise RuntimeError("simulated per-scene failure")
+        return [np.full((int(c[1]), int(c[0])), 2.0, np.float32) for c in scene.cameras]
+
+    report = D.fill_depth(shard_dir, method="da3", estimator=est, progress=False)
+    assert [k for k, _, _ in report.filled] == ["withpts"]
+    assert report.skipped == [("nopts", "the depth model failed on this scene: RuntimeError: simulated per-scene failure")]
+    out = read_all(shard_dir)
+    assert out["withpts"].has_depth and not out["nopts"].has_depth

@@ -706,7 +706,8 @@ def fill_depth(
                     f"{max(1, min(scene.num_views // 2, 32))}) to process fewer views per call, or a smaller "
                     f"--process-res"
                 ) from err
-            raise
+            # one scene's failure must not end a run over many: skipped, counted and named in the report
+            raise _Skip(f"the depth model failed on this scene: {type(err).__name__}: {err}") from err
         return maps, "da3", {"depth_model": model if estimator is None else getattr(estimator, "model_name", model)}
 
     report = DepthReport()
