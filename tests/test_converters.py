@@ -612,3 +612,17 @@ def test_real_scenes_reproject_points(real_converted, name):
     if colour_err:
         e, c = np.median(np.concatenate(colour_err)), np.median(np.concatenate(colour_ctrl))
         assert e < 0.7 * c, (e, c)
+
+
+def test_calibration_for_another_aspect_ratio_is_an_error_not_a_distortion():
+    """A downscaled image (sizes rounded to whole pixels) scales K; one whose aspect ratio differs from the size the
+    calibration was made for (rotated, cropped, wrong file) is refused with both sizes named."""
+    from zipsplat_ns.data.converters.common import ImageOps, process_view
+
+    K = np.array([[600.0, 0, 618.0], [0, 600.0, 411.0], [0, 0, 1]])
+    small = np.zeros((206, 309, 3), np.uint8)  # 1236x822 downscaled 4x, height rounded up
+    _, cam = process_view(small, K, None, ImageOps(), declared_size=(1236, 822), name="images_4/a.jpg")
+    np.testing.assert_allclose(cam, [309, 206, 150.0, 600 * 206 / 822, 154.5, 411 * 206 / 822])
+    rotated = np.zeros((309, 206, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"images_4/b.jpg: the image is 206x309 but its calibration is for 1236x822"):
+        process_view(rotated, K, None, ImageOps(), declared_size=(1236, 822), name="images_4/b.jpg")

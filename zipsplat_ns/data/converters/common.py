@@ -336,6 +336,14 @@ def process_view(
     if declared_size is not None:
         dw, dh = float(declared_size[0]), float(declared_size[1])
         if dw > 0 and dh > 0 and (abs(dw - w) > 1e-6 or abs(dh - h) > 1e-6):
+            # a downscaled copy keeps the aspect ratio up to rounding to whole pixels; anything else (a rotated,
+            # cropped or wrong image) would get silently distorted intrinsics
+            sx, sy = w / dw, h / dh
+            if abs(sx - sy) > 1.01 * (1.0 / min(w, h)) + 1e-9:
+                raise ValueError(
+                    f"{name}: the image is {w}x{h} but its calibration is for {dw:g}x{dh:g}, a different aspect ratio "
+                    f"(x{sx:.4f} wide, x{sy:.4f} high): is it rotated, cropped, or the wrong file?"
+                )
             K[0, :] *= w / dw
             K[1, :] *= h / dh
     distorted = has_distortion(dist)
