@@ -626,3 +626,17 @@ def test_calibration_for_another_aspect_ratio_is_an_error_not_a_distortion():
     rotated = np.zeros((309, 206, 3), np.uint8)
     with pytest.raises(ValueError, match=r"images_4/b.jpg: the image is 206x309 but its calibration is for 1236x822"):
         process_view(rotated, K, None, ImageOps(), declared_size=(1236, 822), name="images_4/b.jpg")
+
+
+def test_mipnerf360_scene_with_a_dropped_frame_is_skipped_whole(tmp_path):
+    """Benchmark index files count positions in the name-sorted frame list: a missing image would shift every later
+    view, so the scene is skipped with the frame named instead of converted with shifted positions."""
+    root = tmp_path / "360_v2"
+    write_colmap_scene(root / "bonsai", orbit_poses(4, seed=2), "PINHOLE", [600.0, 600.0, 320.0, 240.0], 640, 480,
+                       img_w=160, img_h=120, images_dir="images_4")  # fmt: skip
+    victim = sorted((root / "bonsai" / "images_4").iterdir())[1]
+    victim.unlink()
+    with pytest.raises(ConvertError) as err:  # no scene left to convert
+        convert_mipnerf360(root, tmp_path / "out", progress=False)
+    assert f"1 unusable frame(s) ({victim.name}: image file missing)" in str(err.value)
+    assert "index files refer to frame positions" in str(err.value)

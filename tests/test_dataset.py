@@ -25,7 +25,7 @@ from zipsplat_ns.data.depth_codec import encode_depth
 from zipsplat_ns.data.images import encode_image
 from zipsplat_ns.data.preprocess import cover_size, preprocess_view, resize_depth, transform_camera
 from zipsplat_ns.data.samplers import BoundedSampler, IndexFileError, IndexSampler, RandomSampler
-from zipsplat_ns.data.scene import RawScene
+from zipsplat_ns.data.scene import RawScene, SceneError
 from zipsplat_ns.data.shards import ShardWriter, scene_members
 
 S = 28  # small crop size keeps the tests fast; the code paths are the same as at 252
@@ -604,3 +604,18 @@ def test_synthetic_and_converted_real_shards_stream_together(tmp_path):
         if seen == {"synth", "real"} and n >= 3:
             break
     assert seen == {"synth", "real"}
+
+
+def test_random_access_keeps_the_scenes_before_a_truncated_tail(tmp_path):
+    """A shard cut short: the scenes before the cut load (as the streaming reader yields them); the cut one and
+    those after it fail with a SceneError that names them and says why."""
+    d = write_dir(tmp_path / "cut", [make_scene(f"s{i}", n=10, seed=i) for i in range(3)], per_scene=False)
+    shard = next(d.glob("*.tar"))
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        first_of_s2 = next(m for m in tar.getmembers() if m.name.startswith("s2."))
+    shard.write_bytes(data[: first_of_s2.offset_data + first_of_s2.size // 2 + 3])  # inside s2's first member
+    directory = ShardDirectory(d)
+    assert directory.load("s0").key == "s0" and directory.load("s1").num_views == 10
+    with pytest.raises(SceneError, match=r"'s2'.*(truncated|cut short)"):
+        directory.load("s2")

@@ -189,6 +189,7 @@ class ShardDirectory:
         self.path = Path(path)
         self._keys: Optional[Dict[str, Path]] = None
         self._tables: "OrderedDict[Path, Dict[str, List[Tuple[str, int, int]]]]" = OrderedDict()
+        self._broken: Dict[Path, str] = {}  # shards whose tail could not be read: why
         self._cache = cache_shards
 
     def key_map(self) -> Dict[str, Path]:
@@ -224,7 +225,13 @@ class ShardDirectory:
                     k, rest = info.name.split(".", 1)
                     table.setdefault(k, []).append((rest, info.offset_data, info.size))
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise SceneError("<shard>", f"unreadable tar ({type(exc).__name__}: {exc})", shard.name) from exc
+            if not table:
+                raise SceneError("<shard>", f"unreadable tar ({type(exc).__name__}: {exc})", shard.name) from exc
+            # a cut or corrupt tail: the scenes before it stay readable (as in the streaming reader); the last one
+            # listed may be incomplete, which assembling it reports
+            self._broken[shard] = f"the shard is truncated or corrupt after its first {len(table)} scene(s) " \
+                                  f"({type(exc).__name__}: {exc})"
+            logger.warning("%s: %s", shard, self._broken[shard])
         self._tables[shard] = table
         while len(self._tables) > self._cache:
             self._tables.popitem(last=False)
@@ -239,6 +246,8 @@ class ShardDirectory:
             raise SceneError(key, "its shard (from index.json) does not exist", shard.name)
         entries = self._table(shard).get(key)
         if not entries:
+            if shard in self._broken:
+                raise SceneError(key, f"not readable: {self._broken[shard]}", shard.name)
             raise SceneError(key, "listed in index.json but not found in its shard", shard.name)
         members: Dict[str, bytes] = {}
         with open(shard, "rb") as f:

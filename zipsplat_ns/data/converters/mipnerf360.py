@@ -76,6 +76,12 @@ def convert_mipnerf360(
                     tick_total=lambda n: prog.update(t, total=n),
                     tick=lambda: prog.advance(t),
                 )
+                if skipped:  # the benchmark's index files count positions in the name-sorted list
+                    bad = "; ".join(f"{n}: {why}" for n, why in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+                    raise SceneSkipped(
+                        f"{len(skipped)} unusable frame(s) ({bad}); the MipNeRF360 index files refer to frame "
+                        f"positions, so a scene with a dropped frame would evaluate the wrong views: restore them"
+                    )
             except SceneSkipped as exc:
                 report.skip(key, exc.reason)
             else:
