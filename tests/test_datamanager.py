@@ -115,3 +115,18 @@ def test_config_errors_and_cli(roots):
         args=["--datasets", "a", str(synth), "0.3", "b", str(other), "0.7", "--max-views", "12"],
     )
     assert cfg.datasets == (("a", synth, 0.3), ("b", other, 0.7)) and cfg.max_views == 12
+
+
+def test_scenes_without_depth_are_announced_once_and_counted(tmp_path, caplog):
+    """A scene without depth falls back to the camera-baseline scale (not the reference's median depth): the first
+    one is named in a warning that says how to add depth, and every one is counted."""
+    import logging
+
+    root = write_dir(tmp_path / "nodepth", [make_scene(f"n{i}", seed=i, depth=False) for i in range(3)])
+    dm = _config(root, num_workers=0).setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
+    with caplog.at_level(logging.WARNING):
+        for step in range(3):
+            dm.next_train(step)
+    warnings = [r.getMessage() for r in caplog.records if "has no depth" in r.getMessage()]
+    assert len(warnings) == 1 and "zipsplat-ns depth" in warnings[0]
+    assert dm.scale_source_counts["baseline"] >= 3 and not dm.scale_source_counts.get("depth")

@@ -84,6 +84,7 @@ def test_train_tiny_loss_falls_and_writes_a_run(trained, env):
     for key in ("psnr", "num_gaussians", "compression", "num_views", "activated_fraction", "max_views",
                 "skipped_scenes"):  # fmt: skip
         assert key in rows[-1], key
+    assert rows[-1]["scale_source/depth"] > 0 and "scale_source/baseline" not in rows[-1]  # synthetic depth is exact
     assert any("images_per_s" in r for r in rows)
     state = torch.load(ckpts[0], map_location="cpu")  # weights_only, numpy-free scheduler state
     assert state["step"] == STEPS - 1

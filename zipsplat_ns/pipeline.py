@@ -10,7 +10,8 @@ Training step (:meth:`ZipSplatPipeline.get_train_loss_dict`):
 1. view schedule: ``datamanager.set_max_views(max_views(step, total_steps))`` (2 -> ``max_views`` over the first half);
 2. ``inputs, batch = datamanager.next_train(step)``;
 3. ``outputs = self._model(inputs)`` (through DDP), then ``get_metrics_dict`` / ``get_loss_dict`` on ``self.model``;
-4. metrics also carry the datamanager's skip counters (``skipped_scenes``) and the throughput (``images_per_s``:
+4. metrics also carry the datamanager's skip counters (``skipped_scenes``), the scenes' scale sources
+   (``scale_source/depth``, ``scale_source/baseline``) and the throughput (``images_per_s``:
    context images per second over the whole previous iteration, all ranks).
 
 Without ``--data`` (datamanager ``data`` and ``datasets`` unset) the built-in synthetic dataset of
@@ -300,6 +301,8 @@ class ZipSplatPipeline(VanillaPipeline):
         metrics["skipped_scenes"] = torch.tensor(float(sum(dm.skip_counts.values())))
         for reason, n in dm.skip_counts.items():
             metrics[f"skipped/{reason}"] = torch.tensor(float(n))
+        for source, n in dm.scale_source_counts.items():  # "depth" (the reference's rule) or "baseline" (no depth)
+            metrics[f"scale_source/{source}"] = torch.tensor(float(n))
         metrics["nonfinite_grad_skipped"] = torch.tensor(float(self.nonfinite_grad_skipped))
         if throughput is not None:
             metrics["images_per_s"] = torch.tensor(float(throughput))

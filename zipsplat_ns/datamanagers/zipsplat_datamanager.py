@@ -291,7 +291,15 @@ class ZipSplatDataManager(DataManager):
                 "skipped %d scene(s) (%s); %d in total so far %s",
                 sum(skipped.values()), "; ".join(raw.get("skipped_scenes", [])[:5]), total, dict(self.skip_counts),
             )  # fmt: skip
-        self.scale_source_counts.update(raw.get("scale_source", []))
+        sources = list(raw.get("scale_source", []))
+        if "baseline" in sources and not self.scale_source_counts.get("baseline"):
+            scene = list(raw.get("scene", []))[sources.index("baseline")] if raw.get("scene") else "?"
+            logger.warning(
+                "scene %s has no depth: its scale is normalised by the largest distance between its context cameras "
+                "instead of the reference's median depth, and its geometry losses are off; run `zipsplat-ns depth` "
+                "on the shards to add depth (counted as scale_source/baseline in the metrics)", scene,
+            )  # fmt: skip
+        self.scale_source_counts.update(sources)
         self.last_batch_info = {
             "scene": list(raw.get("scene", [])),
             "dataset": list(raw.get("dataset", [])),
