@@ -53,12 +53,18 @@ class ShardsCheck:
         return 0 if report.ok else 1
 
 
+_Src = Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SRC", help="Shard directory to read.")]
+_Dst = Annotated[Path, tyro.conf.Positional,
+                 tyro.conf.arg(metavar="DST", help="Output shard directory (created; must not hold shards unless "
+                                                    "--overwrite).")]  # fmt: skip
+
+
 @dataclass
 class ShardsRepack:
     """Copy the valid scenes of SRC into DST with a new shard size (bad scenes are skipped and listed)."""
 
-    src: tyro.conf.Positional[Path]
-    dst: tyro.conf.Positional[Path]
+    src: _Src
+    dst: _Dst
     shard_size_mb: float = 512.0
     """Target shard size in MB."""
     overwrite: bool = False
@@ -77,12 +83,14 @@ class ShardsRepack:
 class ShardsResize:
     """Write square SIZE x SIZE copies of SRC into DST (resize to cover, centre crop, intrinsics and depth updated)."""
 
-    src: tyro.conf.Positional[Path]
-    dst: tyro.conf.Positional[Path]
+    src: _Src
+    dst: _Dst
     size: int = 252
     """Output side length in pixels."""
     shard_size_mb: float = 512.0
+    """Target shard size in MB."""
     overwrite: bool = False
+    """Replace shards already in DST (only once the new ones are complete)."""
 
     def main(self) -> int:
         from zipsplat_ns.data.shard_tools import print_check_report, resize_shards
