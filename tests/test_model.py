@@ -175,6 +175,22 @@ def test_gaussian_properties_empty_then_scene(model):
     assert not any(k.startswith("_scene") for k in model.state_dict())
 
 
+def test_viewer_and_export_scene_is_computed_in_fp32_by_default():
+    """A model trained with bf16 autocast builds its viewer / export / reconstruct scene in fp32 (the reference's
+    inference) unless scene_precision='training' asks for the training precision (CPU autocast stands in for CUDA)."""
+    fp32 = make_model(precision="fp32")
+    amp = make_model(precision="amp-bf16")
+    amp.load_state_dict(fp32.state_dict())
+    inputs, _ = make_batch()
+    ref = fp32.set_scene(inputs, compression=0.25)
+    got = amp.set_scene(inputs, compression=0.25)
+    assert amp.net.config.precision == "amp-bf16"  # restored after the run
+    assert torch.equal(got.means, ref.means) and torch.equal(amp._scene_tokens, fp32._scene_tokens)
+    fast = make_model(precision="amp-bf16", scene_precision="training")
+    fast.load_state_dict(fp32.state_dict())
+    assert not torch.equal(fast.set_scene(inputs, compression=0.25).means, ref.means)
+
+
 def test_viewer_render_matches_direct_render(model):
     inputs, _ = make_batch(seed=3)
     g = model.set_scene(inputs, compression=0.25)

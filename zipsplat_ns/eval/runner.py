@@ -31,7 +31,6 @@ Outputs in ``output_dir`` (one folder per benchmark, e.g. ``re10k_6v/``):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import logging
@@ -106,17 +105,14 @@ class EvalOptions:
 @contextmanager
 def _fp32(net: torch.nn.Module):
     """Run ``net`` in fp32 (the protocol): an ``amp-bf16`` ZipSplat is switched to plain fp32 for the duration."""
-    cfg = getattr(net, "config", None)
-    prec = getattr(cfg, "precision", "fp32")
+    prec = getattr(getattr(net, "config", None), "precision", "fp32")
     if prec in ("bf16", "fp16"):
         logger.warning(f"the network stores {prec} weights: the evaluation is not fp32 as the protocol asks")
-    if prec == "amp-bf16":
-        net.config = dataclasses.replace(cfg, precision="fp32")
-    try:
+    if hasattr(net, "fp32_inference"):
+        with net.fp32_inference():
+            yield
+    else:
         yield
-    finally:
-        if prec == "amp-bf16":
-            net.config = cfg
 
 
 def gaussians_from_inputs(

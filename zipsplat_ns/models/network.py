@@ -470,6 +470,20 @@ class ZipSplat(nn.Module):
             if isinstance(v, Tensor):
                 self._fp32_master[name] = v.detach().to("cpu", torch.float32, copy=True)
 
+    @contextmanager
+    def fp32_inference(self) -> Iterator[None]:
+        """Run an ``amp-bf16`` network without autocast for the duration: the reference's inference is fp32, and the
+        weights of that mode are fp32 already. Networks in other modes are left as they are."""
+        if self.config.precision != "amp-bf16":
+            yield
+            return
+        previous = self.config
+        self.config = replace(previous, precision="fp32")
+        try:
+            yield
+        finally:
+            self.config = previous
+
     def set_precision(
         self,
         precision: Precision,

@@ -34,6 +34,8 @@ runs the same backward; the pipeline's gradient guard then drops the non-finite 
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -144,6 +146,10 @@ class ZipSplatModelConfig(ModelConfig):
     """Compression ratio of the scene shown by the viewer / exported (set_scene)."""
     viewer_use_priors: bool = False
     """Condition the viewer / export scene on its context cameras and poses (posed inputs only)."""
+    scene_precision: Literal["fp32", "training"] = "fp32"
+    """Precision of the network run that builds the viewer / export / reconstruct scene (set_scene): 'fp32', the
+    reference's inference, or 'training', the training precision (bf16 autocast on CUDA: faster, but k-means may
+    pick other tokens and the Gaussians differ slightly)."""
     seed: int = 0
     """Seed of the per-step compression / priors draws (offset by the rank)."""
 
@@ -561,7 +567,8 @@ class ZipSplatModel(SplatfactoModel):
             images = inputs["context_image"][:1].to(dev)
             cams = Camera(inputs["context_camera"][:1].to(dev)) if use_priors else None
             poses = Pose(inputs["context_pose"][:1].to(dev)) if use_priors else None
-            pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=use_priors, compression=c)
+            with self.net.fp32_inference() if self.config.scene_precision == "fp32" else contextlib.nullcontext():
+                pred = self.net.predict(images, cameras=cams, poses=poses, use_priors=use_priors, compression=c)
             g = pred.to_gaussians()[0].detach().float()
         finally:
             self.train(was_training)
