@@ -278,3 +278,14 @@ def test_training_run_as_weights(tmp_path):
     imgs = write_images(tmp_path / "imgs", [(128, 96), (96, 128), (100, 100)])
     rep = reconstruct(imgs, tmp_path / "out", weights=str(cfg.get_base_dir()))
     assert rep["variant"] == "tiny" and rep["num_gaussians"] == 3 * 324 * 1 and "step-000000003.ckpt" in rep["weights"]
+
+
+def test_allow_pickle_is_saved_into_the_run_config(tmp_path):
+    """`--allow-pickle` reaches the run's model config, so ns-viewer / ns-export reload the same weights file."""
+    from zipsplat_ns.reconstruct import build_run_config, plan_weights
+
+    plan = plan_weights(str(tmp_path / "w.tar"), "tiny", 0, None)
+    kw = dict(device="cpu", compression=1.0, use_priors=False)
+    off = build_run_config(plan, tmp_path / "run", tmp_path / "run" / "data", "scene", **kw)
+    on = build_run_config(plan, tmp_path / "run", tmp_path / "run" / "data", "scene", allow_pickle=True, **kw)
+    assert off.pipeline.model.allow_pickle is False and on.pipeline.model.allow_pickle is True

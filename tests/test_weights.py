@@ -532,3 +532,30 @@ def test_converted_da3_weights_initialise_the_backbone(tmp_path: Path) -> None:
         bad = tmp_path / "full.safetensors"
         save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(bad))
         ZipSplat("small", backbone_weights=str(bad))
+
+
+def test_allow_pickle_reaches_every_loader(tmp_path: Path) -> None:
+    """A checkpoint that needs full unpickling (as the released file may): refused by default everywhere, with the
+    flags to opt in named; loaded by the eval loader and the nerfstudio model config (ns-train, ns-viewer and
+    reconstruct runs) when they opt in."""
+    pytest.importorskip("nerfstudio")
+    from nerfstudio.data.scene_box import SceneBox
+
+    from zipsplat_ns.eval.runner import load_network
+    from zipsplat_ns.models.network import ZipSplat
+    from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
+
+    torch.manual_seed(1)
+    sd = ZipSplat("tiny").state_dict()
+    path = tmp_path / "full.tar"
+    torch.save({"model": sd, "conf": CustomConf()}, path)
+    with pytest.raises(W.UnsafeCheckpointError, match="--pipeline.model.allow-pickle True"):
+        load_network(str(path), variant="tiny")
+    net, _ = load_network(str(path), variant="tiny", allow_pickle=True)
+    assert_same({k: v for k, v in net.state_dict().items() if k in sd}, sd)
+    box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    kw = dict(variant="tiny", weights=str(path), renderer="torch")
+    with pytest.raises(W.UnsafeCheckpointError):
+        ZipSplatModelConfig(**kw).setup(scene_box=box, num_train_data=1, metadata={}, device="cpu")
+    model = ZipSplatModelConfig(**kw, allow_pickle=True).setup(scene_box=box, num_train_data=1, metadata={}, device="cpu")
+    assert torch.equal(model.net.gaussian_head.gaussian_head[1].weight, sd["gaussian_head.gaussian_head.1.weight"])

@@ -34,6 +34,8 @@ The run directory records absolute paths (``run_dir``, ``data``): move it and ``
 
 from __future__ import annotations
 
+import copy
+
 import glob as globlib
 import json
 import logging
@@ -177,8 +179,6 @@ def _run_config(run: Path) -> Tuple[Path, Any]:
 
 def plan_weights(weights: str, variant: str, seed: int, gaussians_per_token: Optional[int]) -> WeightsPlan:
     """Resolve ``--weights`` into a :class:`WeightsPlan` (see the module docstring)."""
-    import copy
-
     from zipsplat_ns.config import METHODS_BY_VARIANT, method_config
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
 
@@ -217,11 +217,11 @@ def plan_weights(weights: str, variant: str, seed: int, gaussians_per_token: Opt
 
 # ------------------------------------------------------------------------------------------------------ config
 def build_run_config(plan: WeightsPlan, run_dir: Path, data_dir: Path, key: str, *, device: str,
-                     compression: float, use_priors: bool):  # fmt: skip
+                     compression: float, use_priors: bool, allow_pickle: bool = False):  # fmt: skip
     """The ``ZipSplatRunConfig`` of a reconstruction in ``run_dir`` (absolute) with its data in ``data_dir``."""
     from zipsplat_ns.config import ZipSplatRunConfig
 
-    base = plan.base_config
+    base = copy.deepcopy(plan.base_config)  # each call its own config (the staged and the final one differ)
     cfg = ZipSplatRunConfig(**{f: getattr(base, f) for f in base.__dataclass_fields__})
     cfg.run_dir = run_dir
     cfg.output_dir = run_dir.parent
@@ -240,6 +240,7 @@ def build_run_config(plan: WeightsPlan, run_dir: Path, data_dir: Path, key: str,
     m = cfg.pipeline.model
     m.weights = plan.source
     m.backbone_weights = None
+    m.allow_pickle = bool(allow_pickle)  # saved in config.yml: ns-viewer / ns-export reload the same file
     m.viewer_compression = float(compression)
     m.eval_compression = float(compression)
     m.viewer_use_priors = bool(use_priors)
@@ -264,6 +265,8 @@ class ReconstructCommand:
     """The run folder D (config.yml, checkpoint, data, scene.ply, video)."""
     variant: str = "giant"
     """Network variant of a weights file / URL (the released weights are giant)."""
+    allow_pickle: bool = False
+    """Accept a weights file that needs full unpickling (torch.load weights_only=False); only for files you trust."""
     num_frames: int = 8
     """Views taken evenly from a video, a nerfstudio dataset or a shard scene (image folders use every image)."""
     scene: Optional[str] = None
@@ -358,7 +361,7 @@ class ReconstructCommand:
 
         # build from the staged data; the saved config.yml names the final paths
         cfg = build_run_config(plan, stage, stage / "data", key, device=device, compression=self.compression,
-                               use_priors=self.use_priors)  # fmt: skip
+                               use_priors=self.use_priors, allow_pickle=self.allow_pickle)  # fmt: skip
         if plan.random_seed is not None:
             torch.manual_seed(plan.random_seed)
         t0 = time.perf_counter()
@@ -381,7 +384,7 @@ class ReconstructCommand:
         with atomic_open(ckpt_dir / CHECKPOINT_NAME, "wb") as f:
             torch.save({"step": 0, "pipeline": state, "optimizers": {}, "schedulers": {}, "scalers": {}}, f)
         final_cfg = build_run_config(plan, final, final / "data", key, device=device, compression=self.compression,
-                                     use_priors=self.use_priors)  # fmt: skip
+                                     use_priors=self.use_priors, allow_pickle=self.allow_pickle)  # fmt: skip
         self._save_config(final_cfg, stage / "config.yml")
         g.flip_yz().save_ply(stage / "scene.ply")
         report: Dict[str, Any] = {

@@ -719,6 +719,7 @@ def load_network(
     gaussians_per_token: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    allow_pickle: bool = False,
 ) -> tuple[torch.nn.Module, str]:
     """A ZipSplat network and its label: ``random-<variant>`` (seeded random init, clearly labelled), a released name
     (``zipsplat``), a local file or a URL (strict loading, variant ``variant``)."""
@@ -739,7 +740,7 @@ def load_network(
     else:
         if gaussians_per_token is not None:
             raise ValueError("--gaussians-per-token only applies to random weights (checkpoints fix it)")
-        net = ZipSplat(variant, weights=weights, **over)
+        net = ZipSplat(variant, weights=weights, allow_pickle=allow_pickle, **over)
         label = f"{weights} ({variant})"
     return net.to(device).eval(), label
 
@@ -763,6 +764,8 @@ class EvalCommand:
     """A nerfstudio run directory (with config.yml), or the config.yml itself, instead of --weights."""
     variant: str = "giant"
     """Network variant for --weights files (giant for the released weights)."""
+    allow_pickle: bool = False
+    """Accept a --weights file that needs full unpickling (torch.load weights_only=False); only for files you trust."""
     shard_dir: Path | None = None
     """Test shards (overrides the benchmark's default directory)."""
     index_file: Path | None = None
@@ -825,6 +828,7 @@ class EvalCommand:
             net, label = load_network(
                 self.weights, variant=self.variant, image_size=self.image_size,
                 gaussians_per_token=self.gaussians_per_token, seed=self.seed, device=device,
+                allow_pickle=self.allow_pickle,
             )  # fmt: skip
             if self.weights.startswith("random-"):
                 console.print(f"[yellow]evaluating {label}: numbers are NOT those of a trained model[/yellow]")

@@ -67,7 +67,7 @@ DA3_EMBED_DIMS: dict[str, int] = {"small": 384, "base": 768, "large": 1024, "gia
 TORCH_PICKLE_SUFFIXES: tuple[str, ...] = (".tar", ".pth", ".pt", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 
-_ALLOW_PICKLE_CLI_FLAG = "--allow-pickle"
+_ALLOW_PICKLE_CLI_FLAG = "--allow-pickle (zipsplat-ns reconstruct / eval) or --pipeline.model.allow-pickle True (ns-train)"
 
 
 class WeightsDownloadError(DownloadError):

@@ -86,6 +86,9 @@ class ZipSplatModelConfig(ModelConfig):
     """Network weights to start from: a released name (e.g. 'zipsplat'), a local file or a URL (strict loading)."""
     backbone_weights: Optional[str] = None
     """Converted DA3 weights (scripts/convert_da3_weights.py) to initialise the ViT when no `weights` are given."""
+    allow_pickle: bool = False
+    """Accept `weights` / `backbone_weights` files that need full unpickling (torch.load weights_only=False). Only
+    for files you trust: unpickling can run arbitrary code."""
     precision: Literal["auto", "fp32", "amp-bf16"] = "auto"
     """'amp-bf16': bf16 autocast of backbone + fusion, fp32 head and rendering; 'auto': amp-bf16 on CUDA, else fp32."""
     grad_checkpointing: bool = False
@@ -214,6 +217,7 @@ class ZipSplatModel(SplatfactoModel):
             cfg.variant,
             weights=cfg.weights,
             backbone_weights=cfg.backbone_weights,
+            allow_pickle=cfg.allow_pickle,
             precision=precision,
             grad_checkpointing=cfg.grad_checkpointing,
             use_xformers=cfg.use_xformers,
