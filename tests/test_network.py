@@ -360,15 +360,19 @@ def test_list_input_mixed_sizes(tiny) -> None:
     torch.testing.assert_close(c2.data[0, 2], torch.tensor([252.0, 252.0, 400 * k3, 400 * k3, 130 * k3, 130 * k3]))
 
 
-def test_to_square_crop_offset() -> None:
-    # 252 x 255 image: side 252, left offset (255 - 252) // 2 = 1; no resize, so only uint8 quantisation remains
+def test_to_square_crop_offset_and_quantisation() -> None:
+    # 252 x 255 image: side 252, left offset (255 - 252) // 2 = 1; no resize, so the crop comes back unquantised
     img = torch.linspace(0, 1, 255).expand(3, 252, 255).contiguous()
     sq = to_square(img)[0]
     assert sq.shape == (3, 252, 252)
-    expected = (img[:, :, 1:253] * 255).round() / 255
-    torch.testing.assert_close(sq, expected, atol=1e-6, rtol=0)
+    assert torch.equal(sq, img[:, :, 1:253])
     big = to_square(torch.full((3, 400, 600), 0.5))[0]  # LANCZOS of a constant image stays constant
-    torch.testing.assert_close(big, torch.full((3, 252, 252), 128 / 255), atol=1e-6, rtol=0)
+    # through uint8 by truncation, as the reference: 0.5 * 255 = 127.5 -> 127 (rounding would give 128)
+    torch.testing.assert_close(big, torch.full((3, 252, 252), 127 / 255), atol=1e-6, rtol=0)
+    # 8-bit sources survive the trip exactly: every level of a constant image comes back
+    levels = torch.arange(256, dtype=torch.float32) / 255.0
+    out = torch.stack([to_square(torch.full((3, 300, 300), float(v)))[0][0, 0, 0] for v in levels])
+    assert torch.equal((out * 255).round(), torch.arange(256, dtype=torch.float32))
 
 
 def test_input_errors(tiny) -> None:

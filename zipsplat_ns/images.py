@@ -94,7 +94,8 @@ def square_crop_box(w: int, h: int) -> Tuple[int, int, int]:
 def to_square(
     image: Float[Tensor, "3 H W"], size: int = 252, camera: Optional[Camera] = None
 ) -> Tuple[Float[Tensor, "3 S S"], Optional[Camera]]:
-    """Centre-crop to a square and resize to ``size`` with PIL LANCZOS (through uint8); adjust ``camera`` to match.
+    """Centre-crop to a square and resize to ``size`` with PIL LANCZOS (through uint8, truncating, as the reference;
+    a crop that already has the size is returned as it is); adjust ``camera`` to match.
 
     The intrinsics follow the reference: ``camera.crop((side - w, side - h)).scale(size / side)``.
     """
@@ -105,10 +106,13 @@ def to_square(
     h, w = image.shape[-2:]
     left, top, side = square_crop_box(w, h)
     crop = image[:, top : top + side, left : left + side]
-    u8 = (crop.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    if side != size:
+    if side == size:
+        out = crop.float()  # the reference resizes (and quantises) only when the size changes
+    else:
+        # as the reference: clip(x * 255) truncated to uint8 (float32 maths, so 8-bit sources round-trip exactly)
+        u8 = (crop.float() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         u8 = np.asarray(Image.fromarray(u8).resize((size, size), Image.LANCZOS))
-    out = torch.from_numpy(u8.copy()).permute(2, 0, 1).float().to(image.device) / 255.0
+        out = torch.from_numpy(u8.copy()).permute(2, 0, 1).float().to(image.device) / 255.0
     cam = None
     if camera is not None:
         cam = camera.crop(torch.tensor([side - w, side - h], dtype=camera.dtype)).scale(size / side)
