@@ -360,6 +360,21 @@ def test_list_input_mixed_sizes(tiny) -> None:
     torch.testing.assert_close(c2.data[0, 2], torch.tensor([252.0, 252.0, 400 * k3, 400 * k3, 130 * k3, 130 * k3]))
 
 
+def test_tensor_input_of_any_size_is_cropped_and_resized_like_a_list(tiny) -> None:
+    """(B, V, 3, H, W) tensors of another size go through the same centre crop + resize as lists, intrinsics too."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 2, 3, 300, 400, generator=g)
+    cams = Camera.from_focal(torch.tensor([[300.0, 320.0]]), w=torch.tensor([[400.0, 400.0]]),
+                             h=torch.tensor([[300.0, 300.0]]))  # fmt: skip
+    poses = Pose.identity((1, 2))
+    imgs_t, cams_t, _ = tiny._prepare_inputs(x, cams, poses, True, 1.0)
+    imgs_l, cams_l, _ = tiny._prepare_inputs(list(x[0]), cams[0], poses[0], True, 1.0)
+    assert imgs_t.shape == (1, 2, 3, 252, 252) and torch.equal(imgs_t, imgs_l)
+    torch.testing.assert_close(cams_t.data, cams_l.data)
+    k = 252 / 300
+    torch.testing.assert_close(cams_t.data[0, 0], torch.tensor([252.0, 252.0, 300 * k, 300 * k, 150 * k, 150 * k]))
+
+
 def test_to_square_crop_offset_and_quantisation() -> None:
     # 252 x 255 image: side 252, left offset (255 - 252) // 2 = 1; no resize, so the crop comes back unquantised
     img = torch.linspace(0, 1, 255).expand(3, 252, 255).contiguous()
@@ -376,8 +391,8 @@ def test_to_square_crop_offset_and_quantisation() -> None:
 
 
 def test_input_errors(tiny) -> None:
-    with pytest.raises(ValueError, match="252"):
-        tiny.predict(torch.rand(1, 2, 3, 224, 224))
+    with pytest.raises(ValueError, match="too small"):
+        tiny.predict(torch.rand(1, 2, 3, 10, 224))
     with pytest.raises(ValueError, match="expected"):
         tiny.predict(torch.rand(3, 252, 252))
     with pytest.raises(ValueError, match="float"):

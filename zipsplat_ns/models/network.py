@@ -630,13 +630,18 @@ class ZipSplat(nn.Module):
                     f"images: expected (B, V, 3, H, W) or (V, 3, H, W) tensor or a list of (3, H, W), got "
                     f"{tuple(images.shape)}"
                 )
-            if images.shape[-2:] != (S, S):
-                raise ValueError(
-                    f"images: tensors must be {S}x{S} (got {images.shape[-2]}x{images.shape[-1]}); pass a list of "
-                    f"(3, H, W) tensors to centre-crop and resize automatically"
-                )
             if not images.is_floating_point():
                 raise ValueError(f"images: expected float values in [0, 1], got dtype {images.dtype}")
+            h, w = images.shape[-2:]
+            if (h, w) != (S, S):  # centre crop + resize as for lists (the reference's to_square on any tensor)
+                if min(h, w) < PATCH_SIZE:
+                    raise ValueError(f"images: image too small {tuple(images.shape)}")
+                flat = images.reshape(-1, 3, h, w)
+                images = torch.stack([to_square(im, S)[0] for im in flat]).reshape(*images.shape[:2], 3, S, S)
+                if cameras is not None:
+                    side = float(min(h, w))
+                    cameras = cameras.to(torch.float32)
+                    cameras = cameras.crop(torch.tensor([side - w, side - h])).scale(S / side)
             images = images.to(device=device, dtype=torch.float32)
         else:
             raise TypeError(f"images: expected a tensor or a list of tensors, got {type(images).__name__}")
