@@ -205,6 +205,22 @@ def test_released_name_from_hub_cache(
     assert_same(W.load_state_dict_from_source("zipsplat"), state_dict)
 
 
+def test_released_name_reuses_the_reference_packages_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Weights the reference package already fetched ($TORCH_HOME/hub/zipsplat/<file>) are used as they are, with
+    no Hugging Face lookup (5.8 GB not downloaded twice)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a Hugging Face lookup would fail
+    ref = tmp_path / "torch_home" / "hub" / "zipsplat" / "zipsplat-da3g-252p.tar"
+    assert W.reference_cache_path("zipsplat") == ref
+    ref.parent.mkdir(parents=True)
+    torch.save({"model": state_dict}, ref)
+    assert W.resolve_weights("zipsplat") == ref
+    assert_same(W.load_state_dict_from_source("zipsplat"), state_dict)
+
+
 def test_released_name_offline_cache_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

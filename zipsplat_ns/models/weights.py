@@ -123,9 +123,21 @@ def _hf_offline() -> bool:
         return False
 
 
+def reference_cache_path(name: str) -> Path:
+    """Where the reference package caches released weights: ``$TORCH_HOME/hub/zipsplat/<file>`` (torch.hub's
+    ``load_state_dict_from_url`` with ``model_dir=<hub dir>/zipsplat``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "zipsplat" / RELEASED_WEIGHTS[name][1]
+
+
 def _resolve_released(name: str) -> Path:
     repo_id, filename = RELEASED_WEIGHTS[name]
     url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    ref_copy = reference_cache_path(name)
+    if ref_copy.is_file() and ref_copy.stat().st_size > 0:  # fetched by the reference package: no second download
+        logger.info("Using the released weights %r cached by the reference package: %s", name, ref_copy)
+        return ref_copy
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
