@@ -152,3 +152,15 @@ def test_gaussians_container_validation_and_helpers():
     batched = Gaussians.stack([g, g])
     assert batched.batch_shape == (2,) and batched[1].num_gaussians == 64
     assert Gaussians.cat([g, g]).num_gaussians == 128
+
+
+@pytest.mark.parametrize("sh_degree", [0, 1])
+def test_an_empty_scene_writes_a_valid_ply(tmp_path, sh_degree):
+    """No Gaussians (e.g. all cropped away): a valid PLY with 0 vertices and the full header, read back empty."""
+    k = (sh_degree + 1) ** 2
+    g = Gaussians(torch.zeros(0, 3), torch.ones(0, 3), torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, k, 3))
+    path = tmp_path / "empty.ply"
+    g.save_ply(path)
+    assert b"element vertex 0\n" in path.read_bytes()
+    back = Gaussians.load_ply(path)
+    assert back.num_gaussians == 0 and back.sh.shape == (0, k, 3)

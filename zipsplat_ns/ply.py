@@ -54,7 +54,7 @@ def gaussians_to_ply_array(g: Gaussians) -> np.ndarray:
         means = g.means.detach().double().cpu()
         sh = g.sh.detach().double().cpu()
         f_dc = sh[:, 0, :]
-        f_rest = sh[:, 1:, :].transpose(1, 2).reshape(n, -1)  # channel-major, as in the Inria layout
+        f_rest = sh[:, 1:, :].transpose(1, 2).reshape(n, 3 * (sh.shape[1] - 1))  # channel-major, as in the Inria layout
         op = g.opacities.detach().double().cpu().clamp(1e-6, 1 - 1e-6)
         opacity = torch.log(op) - torch.log1p(-op)
         scales = torch.log(g.scales.detach().double().cpu().clamp_min(1e-6))
