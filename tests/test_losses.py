@@ -183,6 +183,28 @@ def test_activated_definition_on_an_occlusion_scene():
         activated_in_views(render(g, CAM16[None, None], Pose.identity((1, 1)), mode="RGB", backend="torch"))
 
 
+def test_a_gaussian_too_faint_to_be_drawn_is_not_activated():
+    """Activated means drawn at its centre pixel: opacity times the falloff there below 1/255 (the rasterizer skips
+    it, so no image constrains it) leaves it to the chamfer term, whatever the depth test says."""
+    cams, poses = CAM16[None, None], Pose.identity((1, 1))
+    for opacity, expected in ((0.003, False), (0.9, True)):
+        g = gaussians([[0.0, 0.0, 2.0]], scales=torch.full((1, 1, 3), 0.05), opacities=torch.tensor([[opacity]]))
+        out = render(g, cams, poses, mode="RGB+D", backend="torch")
+        assert bool(out.alphas.max() > 0) == expected  # drawn somewhere iff drawn at its centre here
+        assert activated_in_views(out)[0, 0, 0].item() is expected
+    # the falloff at the centre pixel counts: the projected centre (8, 8) is 0.5 px from pixel centre (8.5, 8.5) in
+    # x and y, so sigma = (a + c) / 8 + b / 4; a conic of 100 (a 0.1 px Gaussian) makes it invisible there
+    g = gaussians([[0.0, 0.0, 2.0]], scales=torch.full((1, 1, 3), 0.05), opacities=torch.tensor([[0.9]]))
+    out = render(g, cams, poses, mode="RGB+D", backend="torch")
+    out.info["means2d"] = torch.full_like(out.info["means2d"], 8.0)
+    for conic, expected in ((1.0, True), (100.0, False)):  # sigma 0.25 -> alpha 0.70; sigma 25 -> 1e-11
+        out.info["conics"] = torch.tensor([conic, 0.0, conic]).expand_as(out.info["conics"])
+        assert activated_in_views(out)[0, 0, 0].item() is expected
+    with pytest.raises(ValueError, match="lacks"):
+        out.info.pop("conics")
+        activated_in_views(out)
+
+
 def test_activated_gaussians_get_no_chamfer_gradient():
     g = occlusion_scene()
     means = g.means.clone().requires_grad_(True)

@@ -36,7 +36,11 @@ view** when all of these hold, read from that view's :class:`~zipsplat_ns.render
 1. it was rasterised: ``radii[n] > 0`` (not culled) and its camera depth ``z_n > near`` (``activated_near``, 0.01);
 2. its projected centre ``(u, v) = means2d[n]`` lies in the image: ``0 <= u < W`` and ``0 <= v < H``; its centre
    pixel is ``(floor(v), floor(u))`` (pixel centres at +0.5);
-3. it is not occluded at that pixel: ``z_n <= ED * (1 + rel_tol) + abs_tol``, where ``ED = D / alpha`` is the
+3. it is drawn at that pixel: the rasterizer's alpha of the Gaussian at the pixel centre, ``o_n exp(-sigma)`` with
+   ``sigma = a dx^2 / 2 + b dx dy + c dy^2 / 2`` (its conic, ``d`` = pixel centre - ``(u, v)``), is at least 1/255 and
+   ``sigma >= 0``, the rasterizer's own skip rule (a Gaussian too faint to be drawn there gets no image gradient, so it
+   must not be detached);
+4. it is not occluded at that pixel: ``z_n <= ED * (1 + rel_tol) + abs_tol``, where ``ED = D / alpha`` is the
    rendered *expected* depth there (``rel_tol = 0.05``, ``abs_tol = 0.01`` by default). Pixels with
    ``alpha < 1e-6`` count as empty: nothing occludes there.
 
@@ -270,6 +274,9 @@ def activated_in_views(
         expected = acc / alpha.clamp_min(1e-10)
     expected = torch.where(alpha >= alpha_eps, expected, torch.full_like(expected, float("inf")))
     info = render.info
+    missing = [k for k in ("means2d", "depths", "radii", "conics", "opacities") if k not in info]
+    if missing:
+        raise ValueError(f"activated mask: the render's info lacks {missing} (render it with zipsplat_ns.rendering.render)")
     m2d, z, radii = info["means2d"].float(), info["depths"].float(), info["radii"]
     if radii.ndim == z.ndim + 1:
         radii = radii.amax(-1)
@@ -282,7 +289,13 @@ def activated_in_views(
     py = torch.where(inside, v, torch.zeros_like(v)).floor().long().clamp(0, H - 1)
     ed = torch.gather(expected.flatten(2), 2, py * W + px)  # (B, V, N)
     visible = z <= ed * (1.0 + rel_tol) + abs_tol
-    return (radii > 0) & (z > near) & inside & visible
+    # drawn at its centre pixel: gsplat's per-pixel alpha there (pixel centres at +0.5) and its skip rule
+    conic = info["conics"].float()
+    dx, dy = px.to(u.dtype) + 0.5 - u, py.to(v.dtype) + 0.5 - v
+    sigma = 0.5 * (conic[..., 0] * dx * dx + conic[..., 2] * dy * dy) + conic[..., 1] * dx * dy
+    alpha_c = (info["opacities"].float() * torch.exp(-sigma)).clamp_max(0.999)
+    drawn = (sigma >= 0) & (alpha_c >= 1.0 / 255.0)
+    return (radii > 0) & (z > near) & inside & drawn & visible
 
 
 @torch.no_grad()

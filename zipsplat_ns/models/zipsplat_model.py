@@ -384,6 +384,7 @@ class ZipSplatModel(SplatfactoModel):
             "target_radii": trender.info["radii"],
             "target_means2d": trender.info["means2d"],
             "target_depths": trender.info["depths"],
+            "target_conics": trender.info["conics"],
             "target_camera": tcam.data,
             "target_pose": tpose.data,
             # host scalars: a CUDA tensor built from a Python number is a pageable copy that waits for the GPU
@@ -465,7 +466,9 @@ class ZipSplatModel(SplatfactoModel):
 
     @staticmethod
     def _target_render_of(outputs: Dict[str, Any]) -> RenderOutput:
-        info = {"radii": outputs["target_radii"], "means2d": outputs["target_means2d"], "depths": outputs["target_depths"]}
+        radii = outputs["target_radii"]
+        info = {"radii": radii, "means2d": outputs["target_means2d"], "depths": outputs["target_depths"],
+                "conics": outputs["target_conics"], "opacities": outputs["opacities"][:, None, :].expand(radii.shape)}
         return RenderOutput(images=outputs["target_render"], alphas=outputs["target_alpha"], info=info, mode="RGB+D")
 
     def _targets(self, outputs: Dict[str, Any], batch: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor]]:

@@ -36,7 +36,9 @@ class RenderOutput:
     ``images``: ``(..., V, C, H, W)`` with C = 3 (RGB), 1 (D, ED) or 4 (RGB+D, RGB+ED);
     ``alphas``: ``(..., V, 1, H, W)``;
     ``info``: per-Gaussian, per-view ``radii (..., V, N)`` (0 = culled), ``means2d (..., V, N, 2)``,
-    ``depths (..., V, N)`` (camera-space z).
+    ``depths (..., V, N)`` (camera-space z), ``conics (..., V, N, 3)`` (``[a, b, c]`` of the inverse 2D covariance,
+    gsplat's: the falloff at pixel offset ``d`` is ``exp(-(a dx^2 / 2 + b dx dy + c dy^2 / 2))``) and
+    ``opacities (..., V, N)`` (the Gaussians' opacities, a broadcast view).
     """
 
     images: Tensor
@@ -155,6 +157,7 @@ def render(
     else:
         raise ValueError(f"render: unknown backend {backend!r}; expected 'gsplat' or 'torch'")
 
+    info["opacities"] = opacities[:, None, :].expand(B, cameras.shape[1], opacities.shape[-1])
     if mode.endswith("ED"):
         # Expected depth = accumulated depth / alpha (0 where nothing was hit).
         d = colors[..., -1:]

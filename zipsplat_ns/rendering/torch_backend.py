@@ -226,7 +226,7 @@ def render_scene_torch(
 ) -> Tuple[Float[Tensor, "V H W C"], Float[Tensor, "V H W 1"], Dict[str, Tensor]]:
     """Render one scene into V cameras (channels per ``mode``; depth channels are *accumulated* depth)."""
     covars = quat_scale_to_covar(quats, scales)
-    colors_all, alphas_all, info = [], [], {"radii": [], "means2d": [], "depths": []}
+    colors_all, alphas_all, info = [], [], {"radii": [], "means2d": [], "depths": [], "conics": []}
     for v in range(viewmats.shape[0]):
         proj = project_gaussians(
             means, covars, viewmats[v], Ks[v], width, height,
