@@ -112,7 +112,7 @@ def test_nerfstudio_adamw_and_warmup_cosine_scheduler():
 
     p = torch.nn.Parameter(torch.ones(3))
     cfg = AdamWOptimizerConfig()
-    assert (cfg.lr, cfg.betas, cfg.weight_decay, cfg.max_norm) == (3e-4, (0.9, 0.95), 0.05, 1.0)
+    assert (cfg.lr, cfg.betas, cfg.weight_decay, cfg.max_norm) == (3e-4, (0.9, 0.95), 0.05, None)
     opt = cfg.setup([p])
     assert isinstance(opt, torch.optim.AdamW)
     g = opt.param_groups[0]
@@ -169,3 +169,48 @@ def test_adamw_fused_only_when_asked_or_on_cuda_and_the_same_update():
     for a, b, t0 in zip(results[None], results[True], init):
         assert torch.allclose(a, b, atol=1e-6)
         assert (a - t0).abs().min() > 1e-3  # the five steps did move every value
+
+
+def test_gradients_are_clipped_by_one_global_norm_and_nonfinite_steps_skipped():
+    """The reference clips all trainable parameters together at norm 1.0 (not each nerfstudio group on its own) and
+    skips steps with a NaN/Inf gradient: head gradient norm 3 and backbone 0.5 give 3/n and 0.5/n, n = sqrt(9.25)."""
+    pytest.importorskip("nerfstudio")
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from zipsplat_ns.optim import AdamWOptimizerConfig
+    from zipsplat_ns.pipeline import ZipSplatPipeline, ZipSplatPipelineConfig
+
+    assert ZipSplatPipelineConfig().grad_clip_norm == 1.0
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Parameter(torch.zeros(4))
+    model.head = torch.nn.Parameter(torch.zeros(9))
+    pipe = ZipSplatPipeline.__new__(ZipSplatPipeline)  # only what the gradient guard uses
+    torch.nn.Module.__init__(pipe)
+    pipe._model = model
+    pipe.__dict__.update(config=SimpleNamespace(grad_clip_norm=1.0), _grad_guard_installed=False, _train_calls=0,
+                         nonfinite_grad_skipped=0, last_grad_norm=None)  # fmt: skip
+    opts = Optimizers({g: {"optimizer": AdamWOptimizerConfig(lr=1e-3), "scheduler": None} for g in ("backbone", "head")},
+                      {"backbone": [model.backbone], "head": [model.head]})  # fmt: skip
+    pipe._install_grad_guard(opts)
+
+    def set_grads(b: float, h: float):
+        pipe._train_calls += 1
+        model.backbone.grad = torch.full((4,), b / 2.0)  # norm b
+        model.head.grad = torch.full((9,), h / 3.0)  # norm h
+
+    set_grads(0.5, 3.0)
+    opts.optimizer_step_all()
+    n = 9.25**0.5
+    assert model.backbone.grad.norm().item() == pytest.approx(0.5 / n, rel=1e-5)
+    assert model.head.grad.norm().item() == pytest.approx(3.0 / n, rel=1e-5)
+    assert pipe.last_grad_norm.item() == pytest.approx(n, rel=1e-6)
+    set_grads(0.3, 0.4)  # below the limit: untouched
+    opts.optimizer_step_all()
+    assert model.head.grad.norm().item() == pytest.approx(0.4, rel=1e-6)
+    before = [model.backbone.detach().clone(), model.head.detach().clone()]
+    set_grads(0.5, float("nan"))
+    opts.optimizer_step_all()
+    assert pipe.nonfinite_grad_skipped == 1 and model.backbone.grad is None and model.head.grad is None
+    assert torch.equal(model.backbone, before[0]) and torch.equal(model.head, before[1])

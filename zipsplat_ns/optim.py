@@ -1,8 +1,9 @@
 """nerfstudio optimizer and scheduler configs of the ZipSplat recipe (reference §4.2).
 
-- :class:`AdamWOptimizerConfig`: AdamW, lr 3e-4, betas (0.9, 0.95), weight decay 0.05 on every parameter, gradient
-  clipping at global norm 1.0 (``max_norm``; nerfstudio clips each parameter group separately); torch's fused
-  kernel on CUDA (one launch per step instead of several per parameter tensor).
+- :class:`AdamWOptimizerConfig`: AdamW, lr 3e-4, betas (0.9, 0.95), weight decay 0.05 on every parameter; torch's
+  fused kernel on CUDA (one launch per step instead of several per parameter tensor). Gradient clipping at global
+  norm 1.0 over all parameter groups together is the pipeline's (``ZipSplatPipelineConfig.grad_clip_norm``), so
+  ``max_norm`` (nerfstudio's per-group clipping) is off by default.
 - :class:`WarmupCosineSchedulerConfig`: 5 % linear warm-up, then cosine to 0
   (:func:`zipsplat_ns.schedules.warmup_cosine`),
   as a ``LambdaLR`` stepped once per iteration. Its multipliers are plain Python floats, so the scheduler state in a
@@ -31,13 +32,14 @@ class AdamWOptimizerConfig(OptimizerConfig):
 
     _target: Type = torch.optim.AdamW
     lr: float = 3e-4
-    """Learning rate (the backbone group uses 0.1x this)."""
+    """Learning rate of this parameter group (the method configs give the backbone group 0.1x the head's)."""
     eps: float = 1e-8
     betas: Tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
     """Decoupled weight decay, applied to all trainable parameters (norms and biases included, as the reference)."""
-    max_norm: float = 1.0
-    """Gradient clipping (global L2 norm over the group's parameters)."""
+    max_norm: Optional[float] = None
+    """nerfstudio's per-group gradient clipping (L2 norm over this group's parameters only). Off: the recipe's
+    clipping is one global norm over all groups, --pipeline.grad-clip-norm."""
     fused: Optional[bool] = None
     """torch's fused (single-kernel) AdamW: None = when every parameter is an fp32 CUDA tensor, else the default
     (multi-tensor) implementation. Same update rule either way."""

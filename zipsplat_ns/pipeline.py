@@ -23,10 +23,13 @@ context views, the target views and the renders. In addition, rank 0 appends one
 every metric) to ``<run dir>/zipsplat_metrics.jsonl``, next to ``config.yml``, never inside ``nerfstudio_models/``
 (``--load-dir`` parses every file name there as a checkpoint).
 
-Gradient guard: nerfstudio clips each parameter group separately (``max_norm`` per optimizer config) and has no
-non-finite check. The pipeline registers a step pre-hook on every optimizer: when any gradient of the model is NaN/Inf
-(checked once per step, over all groups), all gradients are dropped (set to None), so no group steps; the count is
-logged as ``nonfinite_grad_skipped``. Non-finite *losses* are handled by the model (see
+Gradient guard: nerfstudio can only clip each parameter group separately (``max_norm`` per optimizer config) and has
+no non-finite check, while the reference clips all parameters together at norm 1.0 and skips non-finite steps. The
+pipeline registers a step pre-hook on every optimizer that runs once per backward pass, before the first group steps:
+it computes the global L2 norm of every trainable gradient (one multi-tensor norm); when it is NaN/Inf all gradients
+are dropped (set to None), so no group steps, and the count is logged as ``nonfinite_grad_skipped``; otherwise all
+gradients are scaled by ``min(1, grad_clip_norm / (norm + 1e-6))`` (``torch.nn.utils.clip_grad_norm_``'s rule) and
+the norm before clipping is logged as ``grad_norm_prev`` in the next step's metrics. Non-finite *losses* are handled by the model (see
 :mod:`zipsplat_ns.models.zipsplat_model`).
 """
 
@@ -104,6 +107,9 @@ class ZipSplatPipelineConfig(VanillaPipelineConfig):
     """The feed-forward model."""
     view_schedule_fraction: float = 0.5
     """The maximum context view count ramps from min_views to max_views over this fraction of total_steps."""
+    grad_clip_norm: Optional[float] = 1.0
+    """Clip the gradients of all trainable parameters together to this global L2 norm, as the reference
+    (None: off). nerfstudio's per-group --optimizers.*.optimizer.max-norm, if set, clips each group on top."""
     viewer_refresh_every: int = 100
     """While training with the viewer on: re-predict the viewer scene every N steps."""
     write_metrics_jsonl: bool = True
@@ -234,6 +240,7 @@ class ZipSplatPipeline(VanillaPipeline):
         self._grad_guard_installed = False
         self._train_calls = 0
         self.nonfinite_grad_skipped = 0
+        self.last_grad_norm: Optional[torch.Tensor] = None  # global gradient norm of the last step, before clipping
         self._metrics_path: Optional[Path] = None
 
     def _apply_benchmark(self, dm_cfg: DataManagerConfig) -> None:
@@ -304,6 +311,8 @@ class ZipSplatPipeline(VanillaPipeline):
         for source, n in dm.scale_source_counts.items():  # "depth" (the reference's rule) or "baseline" (no depth)
             metrics[f"scale_source/{source}"] = torch.tensor(float(n))
         metrics["nonfinite_grad_skipped"] = torch.tensor(float(self.nonfinite_grad_skipped))
+        if self.last_grad_norm is not None:
+            metrics["grad_norm_prev"] = self.last_grad_norm  # the previous step's (metrics precede backward)
         if throughput is not None:
             metrics["images_per_s"] = torch.tensor(float(throughput))
         self._last_record = {"step": float(step), **_floats(loss_dict), **_floats(metrics)}
@@ -527,12 +536,18 @@ class ZipSplatPipeline(VanillaPipeline):
                 return None
             # one multi-tensor norm over all gradients (a NaN/Inf anywhere makes it non-finite); a per-tensor
             # isfinite loop costs two launches per tensor (~1,800 for giant)
-            finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
-            if not bool(finite):
+            total = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+            if not bool(torch.isfinite(total)):
                 self.nonfinite_grad_skipped += 1
                 logger.warning("non-finite gradient: skipping the optimizer step (%d so far)", self.nonfinite_grad_skipped)
                 for p in params:
                     p.grad = None
+                return None
+            self.last_grad_norm = total.detach()
+            clip = self.config.grad_clip_norm
+            if clip is not None:  # one global norm over all groups, before any of them steps
+                with_grad = [p for p in params if p.grad is not None]  # it scales the .grad of parameters
+                torch.nn.utils.clip_grads_with_norm_(with_grad, float(clip), total, foreach=True)
             return None
 
         for opt in optimizers.optimizers.values():
