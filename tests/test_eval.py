@@ -322,6 +322,16 @@ def test_run_dir_and_pipeline_paths_agree_with_the_weights_path(tmp_path, bench)
         assert flat[k] == pytest.approx(direct["results"][k], abs=1e-4)
         assert flat[k] == pytest.approx(rep["results"][k], abs=1e-4)
 
+    # a results folder resumes only for the same weights (ns-eval --render-output-path): others are refused
+    folder = tmp_path / "resume"
+    run_benchmark_for_pipeline(pipe, folder, views=3, refine=ref, max_scenes=1, progress=False)
+    again = run_benchmark_for_pipeline(pipe, folder, views=3, refine=ref, max_scenes=1, progress=False, full_report=True)
+    assert again["benchmark"]["resumed_scenes"] == 1 and again["checkpoint"].startswith("weights ")
+    with torch.no_grad():
+        pipe.model.net.gaussian_head.gaussian_head[1].bias.add_(0.01)  # another checkpoint
+    with pytest.raises(ValueError, match=r"different evaluation \(differs in: checkpoint\)"):
+        run_benchmark_for_pipeline(pipe, folder, views=3, refine=ref, max_scenes=1, progress=False)
+
 
 @pytest.mark.slow
 def test_ns_eval_runs_the_benchmark_named_in_config_yml(tmp_path, bench):

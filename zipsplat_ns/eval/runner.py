@@ -430,7 +430,8 @@ def _prepare_folder(folder: Path, signature: dict[str, Any], overwrite: bool) ->
         if diff:
             raise ValueError(
                 f"{folder} holds results of a different evaluation (differs in: {', '.join(diff)}); "
-                "pass --overwrite to discard them or choose another --output-dir"
+                "pass --overwrite (zipsplat-ns eval) to discard them, or choose another folder (--output-dir; "
+                "ns-eval: --render-output-path)"
             )
     atomic_write(meta, json.dumps(signature, indent=2, default=str) + "\n")
     return log
@@ -603,6 +604,24 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------------- pipeline
+def weights_fingerprint(net: torch.nn.Module) -> str:
+    """A short fingerprint of ``net``'s weights (names, shapes, float64 sums and absolute sums of every tensor,
+    hashed): two different checkpoints differ in it, so a resumed evaluation folder cannot mix their results. Computed
+    on the weights' device, read back once."""
+    import hashlib
+
+    sd = net.state_dict()
+    h = hashlib.sha256()
+    stats = []
+    for name, t in sd.items():
+        h.update(f"{name}{tuple(t.shape)}{t.dtype};".encode())
+        t64 = t.detach().double() if t.is_floating_point() else t.detach().to(torch.float64)
+        stats.append(torch.stack([t64.sum(), t64.abs().sum()]))
+    if stats:
+        h.update(torch.stack(stats).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def run_benchmark_for_pipeline(
     pipeline,
     output_path: PathLike | None = None,
@@ -638,6 +657,8 @@ def run_benchmark_for_pipeline(
     shard_dirs = [s.path for s in dm.eval_specs]
     model = pipeline.model
     net = model.net
+    if not checkpoint:  # which weights these are: part of the resume signature (another checkpoint: another folder)
+        checkpoint = f"weights {weights_fingerprint(net)}"
     device = next(net.parameters()).device
     compression = float(getattr(model.config, "eval_compression", 1.0))
     if views is None and benchmark_name in BENCHMARKS:
@@ -687,6 +708,7 @@ def run_benchmark_for_pipeline(
 
 
 __all__ = [
+    "weights_fingerprint",
     "BENCHMARK_NAMES",
     "PRESETS",
     "EvalOptions",
