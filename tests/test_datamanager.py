@@ -102,6 +102,9 @@ def test_inference_mode_scene_context_and_benchmark(roots, tmp_path):
     assert dm.skip_counts["missing_from_shards"] == 1
     with pytest.raises(RuntimeError, match="viewer scene"):
         _config(synth, viewer_scene="nope").setup(device="cpu", test_mode="inference")
+    # ns-eval / ns-viewer on benchmark shards (test mode): a viewer scene of the training data gives way, with a warning
+    dm = _config(synth, viewer_scene="not-in-this-data").setup(device="cpu", test_mode="test")
+    assert dm.viewer_scene_key == "te0"
 
 
 def test_config_errors_and_cli(roots):

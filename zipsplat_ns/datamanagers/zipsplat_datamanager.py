@@ -422,9 +422,16 @@ class ZipSplatDataManager(DataManager):
 
     def _pick_viewer_scene(self) -> str:
         explicit = self.config.viewer_scene or os.environ.get(VIEWER_SCENE_ENV) or None
-        if explicit:
-            return explicit
         dirs = self._directories()
+        if explicit:
+            if self.test_mode != "test" or any(explicit in d for _, d in dirs):
+                return explicit
+            # ns-eval / ns-viewer of a run with pipeline.benchmark: the benchmark's shards replaced the run's data,
+            # so a viewer scene of the training data is not there (and ns-eval does not need one)
+            logger.warning(
+                "viewer scene %r is not in the evaluation data %s; showing that data's first scene instead",
+                explicit, [str(d.path) for _, d in dirs],
+            )  # fmt: skip
         if self._index is not None:
             for key in self._index.scenes:
                 if any(key in d for _, d in dirs):
