@@ -214,3 +214,36 @@ def test_gradients_are_clipped_by_one_global_norm_and_nonfinite_steps_skipped():
     opts.optimizer_step_all()
     assert pipe.nonfinite_grad_skipped == 1 and model.backbone.grad is None and model.head.grad is None
     assert torch.equal(model.backbone, before[0]) and torch.equal(model.head, before[1])
+
+
+def test_training_length_warnings_cover_resume_and_from_scratch(caplog):
+    """nerfstudio runs --max-num-iterations more steps from a checkpoint: a resume that would pass total_steps is
+    warned about with the count that stops there; a fresh run of the right length is not; no weights: one warning
+    that the ViT trains from scratch with the camera encoder frozen at random."""
+    pytest.importorskip("nerfstudio")
+    import logging
+    from types import SimpleNamespace
+
+    from zipsplat_ns.pipeline import ZipSplatPipeline
+
+    pipe = ZipSplatPipeline.__new__(ZipSplatPipeline)
+    torch.nn.Module.__init__(pipe)
+    pipe._model = torch.nn.Module()
+    pipe._model.config = SimpleNamespace(total_steps=300, weights=None, backbone_weights=None)
+    pipe.local_rank = 0
+
+    def messages(start: int, n: int, weights=None):
+        pipe._model.config.weights = weights
+        trainer = SimpleNamespace(_start_step=start, config=SimpleNamespace(
+            max_num_iterations=n, load_dir=None, load_checkpoint=None, optimizers={}))  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zipsplat_ns.pipeline"):
+            pipe._check_lengths(trainer)
+        return [r.getMessage() for r in caplog.records]
+
+    assert [m for m in messages(0, 300, weights="w.tar") if "training length" in m] == []
+    assert [m for m in messages(200, 100, weights="w.tar") if "training length" in m] == []
+    (resume,) = messages(200, 300, weights="w.tar")
+    assert "resuming at step 200" in resume and "--max-num-iterations 100 to stop" in resume
+    assert any("training length" in m for m in messages(0, 50, weights="w.tar"))
+    assert any("training from scratch" in m and "cam_enc" in m for m in messages(0, 300))

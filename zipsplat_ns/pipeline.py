@@ -573,21 +573,39 @@ class ZipSplatPipeline(VanillaPipeline):
         return callbacks
 
     def _check_lengths(self, trainer) -> None:
+        """Warn when the run's length and the schedules disagree, and when a resumed run would pass total_steps
+        (nerfstudio runs --max-num-iterations *more* steps from the checkpoint's); warn once that a run without DA3
+        or ZipSplat weights trains the ViT from scratch with the camera encoder frozen at its random init."""
         total = self.total_steps()
         n = int(trainer.config.max_num_iterations)
+        start = int(getattr(trainer, "_start_step", 0) or 0)  # set by nerfstudio's checkpoint loading (step + 1)
         sched = []
         for group, spec in (trainer.config.optimizers or {}).items():
             s = spec.get("scheduler")
             if s is not None and hasattr(s, "max_steps"):
                 sched.append((group, int(s.max_steps)))
         mismatch = [g for g, m in sched if m != total]
-        if mismatch or (n != total and trainer.config.load_dir is None and trainer.config.load_checkpoint is None):
+        if mismatch or (start == 0 and n != total):
             logger.warning(
                 "training length: --max-num-iterations %d, model total_steps %d, scheduler max_steps %s; the LR, "
                 "compression and view schedules assume total_steps (set --pipeline.model.total-steps and "
                 "--optimizers.{backbone,head}.scheduler.max-steps together with --max-num-iterations)",
                 n, total, dict(sched),
             )  # fmt: skip
+        elif start > 0 and start + n > total:
+            logger.warning(
+                "training length: resuming at step %d, --max-num-iterations %d runs to step %d, past total_steps %d "
+                "(the learning rate is 0 from there on); pass --max-num-iterations %d to stop at total_steps",
+                start, n, start + n, total, max(0, total - start),
+            )  # fmt: skip
+        m = self.model.config
+        if self._is_main() and getattr(m, "weights", None) is None and getattr(m, "backbone_weights", None) is None:
+            logger.warning(
+                "training from scratch: no --pipeline.model.backbone-weights (converted DA3 weights, "
+                "scripts/convert_da3_weights.py) or --pipeline.model.weights, so the ViT starts from random weights "
+                "and cam_enc and the camera token, frozen as in the recipe, stay at their random initialisation "
+                "(the released recipe freezes DA3's pretrained ones)"
+            )
 
     def _write_metrics(self, step: int) -> None:
         if self._metrics_path is None or not self._last_record:
