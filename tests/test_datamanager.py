@@ -133,3 +133,18 @@ def test_scenes_without_depth_are_announced_once_and_counted(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "has no depth" in r.getMessage()]
     assert len(warnings) == 1 and "zipsplat-ns depth" in warnings[0]
     assert dm.scale_source_counts["baseline"] >= 3 and not dm.scale_source_counts.get("depth")
+
+
+def test_resume_reseeds_the_training_stream_before_it_starts(roots):
+    """A run resumed at step S streams from a seed of S (not the start's data order again); once batches flow the
+    order can no longer change."""
+    synth, _ = roots
+    fresh = _config(synth, num_workers=0).setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
+    resumed = _config(synth, num_workers=0).setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
+    resumed.resume_at(30)
+    assert resumed._train_stream.seed == fresh.config.seed + 7919 * 30
+    a = [fresh.next_train(i)[0]["context_image"] for i in range(3)]
+    b = [resumed.next_train(i)[0]["context_image"] for i in range(3)]
+    assert any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(RuntimeError, match="started already"):
+        resumed.resume_at(31)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,11 @@ def test_resume_restores_step_lr_and_optimizer_state(trained, env, tmp_path):
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     assert trainer._start_step == ckpt["step"] + 1
+    # the continuation draws its own data order and schedules' samples (not a replay of steps 0, 1, ...)
+    dm = trainer.pipeline.datamanager
+    assert dm._train_stream.seed == dm.config.seed + 7919 * trainer._start_step
+    fresh = random.Random(int(config.pipeline.model.seed))
+    assert trainer.pipeline.model._rng.random() != fresh.random()
     for group in ("backbone", "head"):
         opt = trainer.optimizers.optimizers[group]
         want = ckpt["optimizers"][group]

@@ -561,6 +561,11 @@ class ZipSplatPipeline(VanillaPipeline):
         callbacks = list(self.datamanager.get_training_callbacks(attrs)) + list(self.model.get_training_callbacks(attrs))
         if trainer is not None:
             self._check_lengths(trainer)
+            start = int(getattr(trainer, "_start_step", 0) or 0)
+            if start > 0:  # resumed: new draws and data order from here, not a replay of the run's first steps
+                self.model.seed_rng(int(getattr(self.model.config, "seed", 0)) + 1000 * self._global_rank() + 7919 * start)
+                if hasattr(self.datamanager, "resume_at"):
+                    self.datamanager.resume_at(start)
             if self.config.write_metrics_jsonl and self._is_main():
                 self._metrics_path = Path(trainer.base_dir) / METRICS_FILENAME
                 callbacks.append(

@@ -331,6 +331,17 @@ class ZipSplatDataManager(DataManager):
         }
         return inputs, batch
 
+    def resume_at(self, step: int) -> None:
+        """A run resumed at ``step``: shuffle shards and draw views / batch shapes from a seed of that step, so the
+        continuation does not replay the data order of the run's start. Before the first batch only."""
+        if step <= 0:
+            return
+        if self._train_iter is not None:
+            raise RuntimeError("ZipSplatDataManager.resume_at: the training stream has started already")
+        if self._train_stream is None:
+            self.setup_train()
+        self._train_stream.seed = int(self.config.seed) + 7919 * int(step)
+
     def next_train(self, step: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """The next training batch as ``(inputs, batch)`` on the device (see the module docstring)."""
         self.train_count += 1
