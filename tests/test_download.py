@@ -201,7 +201,9 @@ def test_http_404(tmp_path: Path, server: FakeServer) -> None:
     assert server.count("/missing.zip") == 1  # HTTP errors are not retried
 
 
-def test_weights_use_shared_downloader() -> None:
+def test_weights_download_errors_are_download_errors() -> None:
+    """Callers catch one error type for data and weights downloads (the weights' URL path is tested in
+    test_weights.py)."""
     from zipsplat_ns.models import weights as W
 
     assert issubclass(W.WeightsDownloadError, U.DownloadError) and issubclass(W.WeightsDownloadError, RuntimeError)

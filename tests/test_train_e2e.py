@@ -216,7 +216,7 @@ def test_ns_train_with_compiled_network(env, tmp_path):
     rd = run_dir(out)
     rows = read_metrics(rd / "zipsplat_metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(steps))
-    assert all(r["loss_l1"] is not None and r["loss_l1"] > 0 for r in rows)
+    assert all(r["loss_l1"] is not None and 0 < r["loss_l1"] < 1 for r in rows)  # finite L1 of [0, 1] images
     assert len({r["num_views"] for r in rows}) > 1  # the layout changed while compiled
     (ckpt,) = (rd / "nerfstudio_models").iterdir()
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
