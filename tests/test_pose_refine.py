@@ -64,7 +64,7 @@ def test_presets_match_the_protocol():
     )  # fmt: skip
     f, vf = PRESETS["fast"], PRESETS["very_fast"]
     assert (f.lr_rot, f.lr_trans, f.num_steps, f.lpips_weight) == (3e-3, 3e-3, 50, 0.0)
-    assert (vf.lr_rot, vf.lr_trans, vf.num_steps) == (3e-3, 3e-3, 30)
+    assert (vf.lr_rot, vf.lr_trans, vf.num_steps, vf.lpips_weight) == (3e-3, 3e-3, 30, 0.0)  # the reference: no LPIPS
     assert preset("fast", num_steps=7).num_steps == 7 and preset("fast", num_steps=None).num_steps == 50
     with pytest.raises(ValueError, match="very_fast"):
         preset("turbo")

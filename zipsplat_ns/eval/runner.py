@@ -797,7 +797,7 @@ class EvalCommand:
     align_poses: bool = True
     """Refine the target poses photometrically before measuring (the protocol's default)."""
     preset: Literal["default", "fast", "very_fast"] = "default"
-    """Pose refinement: default (200 steps, lr 5e-3, LPIPS 0.05), fast (50, 3e-3, no LPIPS), very_fast (30, 3e-3)."""
+    """Pose refinement: default (200 steps, lr 5e-3, LPIPS 0.05), fast (50, 3e-3, no LPIPS), very_fast (30, 3e-3, no LPIPS)."""
     refine_steps: int | None = None
     """Override the preset's maximum refinement steps."""
     use_priors: bool = False
