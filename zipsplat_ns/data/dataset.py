@@ -590,7 +590,6 @@ class ShardStream(IterableDataset):
         state = {} if state is None else state
         positions, fallback = split_shards(len(self.shards), self.rank, self.world_size, wid, nw)
         epoch = 0
-        own_all = False
         while True:
             order = list(positions)
             if self.train:
@@ -599,16 +598,15 @@ class ShardStream(IterableDataset):
             for pos in order:
                 spec_idx, shard = self.shards[pos]
                 for item in _shards.iter_scenes(shard, errors="yield"):
-                    mine = (not fallback) or own_all or running % total == gw
+                    mine = (not fallback) or state.get("reading_all") or running % total == gw
                     running += 1
                     if mine:
                         owned += 1
                         yield spec_idx, f"{self.specs[spec_idx].name}/{shard.name}", item
-            if fallback and owned == 0 and not own_all and running > 0:
+            if fallback and owned == 0 and not state.get("reading_all") and running > 0:
                 if not self.train:
                     return  # evaluation reads every scene once over all streams: this one has none
                 logger.info("stream %d/%d owns no scene of %d; reading them all", gw, total, running)
-                own_all = True
                 state["reading_all"] = True
                 continue
             epoch += 1
@@ -622,7 +620,7 @@ class ShardStream(IterableDataset):
                     "stream %d/%d: a whole pass over its %d scene(s) gave no usable sample; it reads every shard "
                     "from now on (other streams' scenes too) instead of stopping the run", gw, total, owned,
                 )  # fmt: skip
-                positions, fallback, own_all = list(range(len(self.shards))), True, True
+                positions, fallback = list(range(len(self.shards))), True
                 state["reading_all"] = True
 
     def _draw_shape(self, rng: np.random.Generator) -> Tuple[int, int]:
@@ -703,15 +701,14 @@ class ShardStream(IterableDataset):
             exhausted = True
             for spec_idx, shard, item in items:
                 if spec_idx == PASS_END:  # a training stream would otherwise loop forever over unusable scenes
-                    if usable == 0:
-                        why = dict(skips.total - skipped_before)
-                        usable, skipped_before = 0, Counter(skips.total)
-                        if self._cap_views(largest, why, gw, total):
-                            largest, exhausted = 0, False
+                    why, fruitless, pass_largest = dict(skips.total - skipped_before), usable == 0, largest
+                    usable, skipped_before, largest = 0, Counter(skips.total), 0
+                    if fruitless:
+                        if self._cap_views(pass_largest, why, gw, total):
+                            exhausted = False
                             break  # draw the batch shape again under the new cap
                         if not state.get("reading_all"):
                             state["widen"] = True
-                            largest = 0
                             continue
                         raise RuntimeError(
                             f"ShardStream: a whole pass over this stream's scenes in {[str(s.path) for s in self.specs]}"
@@ -719,7 +716,6 @@ class ShardStream(IterableDataset):
                             f"and the view counts (min/max views {self.min_views}/{self.max_views} + "
                             f"{self.num_target_views} targets, sampler spans) against the scenes' frame counts"
                         )
-                    usable, skipped_before, largest = 0, Counter(skips.total), 0
                     continue
                 if isinstance(item, SceneError):
                     skips.add("bad_scene", shard, item.key, item.reason)

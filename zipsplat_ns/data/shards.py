@@ -74,8 +74,8 @@ class ShardWriter:
     """Write scenes into ``shard-NNNNNN.tar`` files of about ``shard_size_mb`` each, plus ``index.json``.
 
     Everything is written into a staging folder beside ``out_dir`` and moved into place only when the writer closes
-    without error (see :meth:`close`), so an interrupted conversion never leaves a half-written shard or an index that lists missing
-    scenes. ``per_scene=True`` writes one ``{key}.tar`` per scene (the MipNeRF360 layout).
+    without error (see :meth:`close`), so an interrupted conversion never leaves a half-written shard or an index
+    that lists missing scenes. ``per_scene=True`` writes one ``{key}.tar`` per scene (the MipNeRF360 layout).
     """
 
     def __init__(
