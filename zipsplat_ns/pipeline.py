@@ -28,9 +28,9 @@ no non-finite check, while the reference clips all parameters together at norm 1
 pipeline registers a step pre-hook on every optimizer that runs once per backward pass, before the first group steps:
 it computes the global L2 norm of every trainable gradient (one multi-tensor norm); when it is NaN/Inf all gradients
 are dropped (set to None), so no group steps, and the count is logged as ``nonfinite_grad_skipped``; otherwise all
-gradients are scaled by ``min(1, grad_clip_norm / (norm + 1e-6))`` (``torch.nn.utils.clip_grad_norm_``'s rule) and
-the norm before clipping is logged as ``grad_norm_prev`` in the next step's metrics. Non-finite *losses* are handled by the model (see
-:mod:`zipsplat_ns.models.zipsplat_model`).
+gradients are scaled by ``min(1, grad_clip_norm / (norm + 1e-6))`` (``torch.nn.utils.clip_grad_norm_``'s rule) and the
+norm before clipping is logged as ``grad_norm_prev`` in the next step's metrics. Non-finite *losses* are handled by
+the model (see :mod:`zipsplat_ns.models.zipsplat_model`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from nerfstudio.viewer.viewer_elements import ViewerControl
 from zipsplat_ns.datamanagers.zipsplat_datamanager import ZipSplatDataManagerConfig
 from zipsplat_ns.eval.runner import run_benchmark_for_pipeline
 from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
-from zipsplat_ns.schedules import max_views
+from zipsplat_ns.schedules import max_views, resume_seed
 
 logger = logging.getLogger(__name__)
 METRICS_FILENAME = "zipsplat_metrics.jsonl"
@@ -217,7 +217,7 @@ class ZipSplatPipeline(VanillaPipeline):
             grad_scaler=grad_scaler,
         )
         self.model.to(device)
-        self.model.seed_rng(int(getattr(self.model.config, "seed", 0)) + 1000 * self._global_rank())
+        self.model.seed_rng(self._model_seed())
         if self.world_size > 1:
             self.model.distributed = True
             self._model = typing.cast(
@@ -269,6 +269,10 @@ class ZipSplatPipeline(VanillaPipeline):
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank()
         return self.local_rank
+
+    def _model_seed(self, start_step: int = 0) -> int:
+        """Seed of the model's per-step draws: the config's, offset by rank and (for a resumed run) its start step."""
+        return resume_seed(int(getattr(self.model.config, "seed", 0)) + 1000 * self._global_rank(), start_step)
 
     def _is_main(self) -> bool:
         return self._global_rank() == 0
@@ -531,9 +535,10 @@ class ZipSplatPipeline(VanillaPipeline):
             if state["checked_for"] == self._train_calls:
                 return None
             state["checked_for"] = self._train_calls
-            grads = [p.grad for p in params if p.grad is not None]
-            if not grads:
+            with_grad = [p for p in params if p.grad is not None]
+            if not with_grad:
                 return None
+            grads = [p.grad for p in with_grad]
             # one multi-tensor norm over all gradients (a NaN/Inf anywhere makes it non-finite); a per-tensor
             # isfinite loop costs two launches per tensor (~1,800 for giant)
             total = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
@@ -546,8 +551,7 @@ class ZipSplatPipeline(VanillaPipeline):
             self.last_grad_norm = total.detach()
             clip = self.config.grad_clip_norm
             if clip is not None:  # one global norm over all groups, before any of them steps
-                with_grad = [p for p in params if p.grad is not None]  # it scales the .grad of parameters
-                torch.nn.utils.clip_grads_with_norm_(with_grad, float(clip), total, foreach=True)
+                torch.nn.utils.clip_grads_with_norm_(with_grad, float(clip), total, foreach=True)  # scales .grad
             return None
 
         for opt in optimizers.optimizers.values():
@@ -563,7 +567,7 @@ class ZipSplatPipeline(VanillaPipeline):
             self._check_lengths(trainer)
             start = int(getattr(trainer, "_start_step", 0) or 0)
             if start > 0:  # resumed: new draws and data order from here, not a replay of the run's first steps
-                self.model.seed_rng(int(getattr(self.model.config, "seed", 0)) + 1000 * self._global_rank() + 7919 * start)
+                self.model.seed_rng(self._model_seed(start))
                 if hasattr(self.datamanager, "resume_at"):
                     self.datamanager.resume_at(start)
             if self.config.write_metrics_jsonl and self._is_main():

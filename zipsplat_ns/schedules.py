@@ -13,6 +13,7 @@ no numpy import; the nerfstudio optimizer/scheduler configs that use these live 
 - :func:`max_views`: linear ramp from 2 to 24 over the first half of training; :func:`sample_num_views` draws
   the per-batch view count, :func:`scenes_per_batch` the scenes per GPU.
 - :func:`use_priors`: camera priors with probability 0.2.
+- :func:`resume_seed`: the seed of a resumed run's draws.
 """
 
 from __future__ import annotations
@@ -133,6 +134,12 @@ def use_priors(rng: _Rng, p: float = 0.2) -> bool:
     return bool(rng.random() < float(p))
 
 
+def resume_seed(seed: int, start_step: int) -> int:
+    """Seed of a run's draws (model and data stream) when it resumes at ``start_step`` (``seed`` itself at 0), so a
+    continuation does not replay the draws of the run's first steps."""
+    return int(seed) + 7919 * int(start_step)
+
+
 def make_rng(seed: Optional[int] = None) -> random.Random:
     """A private ``random.Random`` (do not share the global one with data workers)."""
     return random.Random(seed)
@@ -148,5 +155,6 @@ __all__ = [
     "sample_num_views",
     "scenes_per_batch",
     "use_priors",
+    "resume_seed",
     "make_rng",
 ]

@@ -68,6 +68,7 @@ from zipsplat_ns.data.scene import SceneError
 from zipsplat_ns.data.shards import list_shards
 from zipsplat_ns.ns_cameras import to_nerfstudio
 from zipsplat_ns.pose import Pose
+from zipsplat_ns.schedules import resume_seed
 
 logger = logging.getLogger(__name__)
 VIEWER_SCENE_ENV = "ZIPSPLAT_VIEWER_SCENE"
@@ -340,7 +341,7 @@ class ZipSplatDataManager(DataManager):
             raise RuntimeError("ZipSplatDataManager.resume_at: the training stream has started already")
         if self._train_stream is None:
             self.setup_train()
-        self._train_stream.seed = int(self.config.seed) + 7919 * int(step)
+        self._train_stream.seed = resume_seed(self.config.seed, step)
 
     def next_train(self, step: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """The next training batch as ``(inputs, batch)`` on the device (see the module docstring)."""

@@ -608,14 +608,12 @@ def weights_fingerprint(net: torch.nn.Module) -> str:
     """A short fingerprint of ``net``'s weights (names, shapes, float64 sums and absolute sums of every tensor,
     hashed): two different checkpoints differ in it, so a resumed evaluation folder cannot mix their results. Computed
     on the weights' device, read back once."""
-    import hashlib
-
     sd = net.state_dict()
     h = hashlib.sha256()
     stats = []
     for name, t in sd.items():
         h.update(f"{name}{tuple(t.shape)}{t.dtype};".encode())
-        t64 = t.detach().double() if t.is_floating_point() else t.detach().to(torch.float64)
+        t64 = t.detach().double()
         stats.append(torch.stack([t64.sum(), t64.abs().sum()]))
     if stats:
         h.update(torch.stack(stats).cpu().numpy().tobytes())
@@ -797,7 +795,8 @@ class EvalCommand:
     align_poses: bool = True
     """Refine the target poses photometrically before measuring (the protocol's default)."""
     preset: Literal["default", "fast", "very_fast"] = "default"
-    """Pose refinement: default (200 steps, lr 5e-3, LPIPS 0.05), fast (50, 3e-3, no LPIPS), very_fast (30, 3e-3, no LPIPS)."""
+    """Pose refinement: default (200 steps, lr 5e-3, LPIPS 0.05), fast (50, 3e-3, no LPIPS), very_fast (30, 3e-3,
+    no LPIPS)."""
     refine_steps: int | None = None
     """Override the preset's maximum refinement steps."""
     use_priors: bool = False
