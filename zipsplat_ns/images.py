@@ -91,6 +91,14 @@ def square_crop_box(w: int, h: int) -> Tuple[int, int, int]:
     return (w - side) // 2, (h - side) // 2, side
 
 
+def square_camera(camera: Camera, wh, size: int) -> Camera:
+    """Intrinsics after :func:`to_square` of images of ``wh = (w, h)`` (or ``(..., 2)`` per image, broadcasting over
+    the camera batch): the reference's ``camera.crop((side - w, side - h)).scale(size / side)``, ``side = min(w, h)``."""
+    wh = torch.as_tensor(wh, dtype=torch.float64)
+    side = wh.min(-1, keepdim=True).values
+    return camera.crop((side - wh).to(camera.dtype)).scale((size / side).expand_as(wh).to(camera.dtype))
+
+
 def to_square(
     image: Float[Tensor, "3 H W"], size: int = 252, camera: Optional[Camera] = None
 ) -> Tuple[Float[Tensor, "3 S S"], Optional[Camera]]:
@@ -113,10 +121,7 @@ def to_square(
         u8 = (crop.float() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         u8 = np.asarray(Image.fromarray(u8).resize((size, size), Image.LANCZOS))
         out = torch.from_numpy(u8.copy()).permute(2, 0, 1).float().to(image.device) / 255.0
-    cam = None
-    if camera is not None:
-        cam = camera.crop(torch.tensor([side - w, side - h], dtype=camera.dtype)).scale(size / side)
-    return out, cam
+    return out, (square_camera(camera, (w, h), size) if camera is not None else None)
 
 
-__all__ = ["load_image", "load_video", "to_square", "square_crop_box", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+__all__ = ["load_image", "load_video", "to_square", "square_camera", "square_crop_box", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]

@@ -35,7 +35,6 @@ The run directory records absolute paths (``run_dir``, ``data``): move it and ``
 from __future__ import annotations
 
 import copy
-
 import glob as globlib
 import json
 import logging

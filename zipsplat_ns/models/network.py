@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zipsplat_ns.models import kmeans as kmeans_lib
 from zipsplat_ns.models.backbone import BACKBONE_SPECS, PATCH_SIZE, BackboneSpec, DA3Encoder, PatchEmbed
-from zipsplat_ns.images import to_square
+from zipsplat_ns.images import square_camera, to_square
 from zipsplat_ns.models.layers import NO_CUDNN_BACKENDS, CrossAttentionBlock, Linear, Mlp, SelfAttentionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -615,12 +615,8 @@ class ZipSplat(nn.Module):
                     raise ValueError(f"images[{i}]: image too small {tuple(im.shape)}")
                 sizes.append((im.shape[2], im.shape[1]))  # (w, h)
             batch = torch.stack([to_square(im, S)[0] for im in images])[None].to(device)
-            if cameras is not None:
-                wh = torch.tensor(sizes, dtype=torch.float32)
-                side = wh.min(-1).values
-                cameras = cameras.to(torch.float32)
-                # intrinsics follow the centre crop and the resize: size += pad, c += pad / 2; then * S / side
-                cameras = cameras.crop(side[:, None] - wh).scale((S / side)[:, None].expand(-1, 2))
+            if cameras is not None:  # intrinsics follow each image's centre crop and resize
+                cameras = square_camera(cameras.to(torch.float32), sizes, S)
             images = batch
         elif isinstance(images, Tensor):
             if images.ndim == 4:
@@ -639,9 +635,7 @@ class ZipSplat(nn.Module):
                 flat = images.reshape(-1, 3, h, w)
                 images = torch.stack([to_square(im, S)[0] for im in flat]).reshape(*images.shape[:2], 3, S, S)
                 if cameras is not None:
-                    side = float(min(h, w))
-                    cameras = cameras.to(torch.float32)
-                    cameras = cameras.crop(torch.tensor([side - w, side - h])).scale(S / side)
+                    cameras = square_camera(cameras.to(torch.float32), (w, h), S)
             images = images.to(device=device, dtype=torch.float32)
         else:
             raise TypeError(f"images: expected a tensor or a list of tensors, got {type(images).__name__}")

@@ -126,8 +126,6 @@ def _hf_offline() -> bool:
 def reference_cache_path(name: str) -> Path:
     """Where the reference package caches released weights: ``$TORCH_HOME/hub/zipsplat/<file>`` (torch.hub's
     ``load_state_dict_from_url`` with ``model_dir=<hub dir>/zipsplat``)."""
-    import torch.hub
-
     return Path(torch.hub.get_dir()) / "zipsplat" / RELEASED_WEIGHTS[name][1]
 
 

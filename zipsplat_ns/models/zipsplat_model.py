@@ -35,7 +35,6 @@ runs the same backward; the pipeline's gradient guard then drops the non-finite 
 from __future__ import annotations
 
 import contextlib
-
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
