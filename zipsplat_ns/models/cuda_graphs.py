@@ -41,6 +41,11 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 
+def _run(module: nn.Module, fn: Optional[Callable[..., Any]], args) -> Any:
+    """``fn(module, *args)``, or ``module(*args)`` without ``fn``: the function a cache graphs (and runs eager)."""
+    return fn(module, *args) if fn is not None else module(*args)
+
+
 class _Call(nn.Module):
     """Adapter that ``make_graphed_callables`` can take: tensor-only positional inputs (the ``None`` arguments of
     one signature are left out) and a tuple output. Not registered as a submodule, so no state-dict keys."""
@@ -54,7 +59,7 @@ class _Call(nn.Module):
     def forward(self, *tensors: Tensor) -> tuple:
         it = iter(tensors)
         args = [next(it) if p else None for p in self.present]
-        out = self.fn(self.module, *args) if self.fn is not None else self.module(*args)
+        out = _run(self.module, self.fn, args)
         return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
@@ -119,7 +124,7 @@ class GraphCache:
                         "capture keeps its layout's activations in GPU memory)", self.max_signatures, self.name)
                     self._warned_full = True
                 self.eager_calls += 1
-                out = self.fn(self.module, *args) if self.fn is not None else self.module(*args)
+                out = _run(self.module, self.fn, args)
                 return out if self.single_output else list(out)
             entry = self._capture(args)
             self._graphs[key] = entry

@@ -35,7 +35,8 @@ def _normalise_info(meta: Dict, lead: Tuple[int, ...]) -> Dict[str, Tensor]:
     radii = meta["radii"]
     if radii.ndim == len(lead) + 2:  # gsplat >= 1.5 returns per-axis radii (..., N, 2)
         radii = radii.amax(-1)
-    return {"radii": radii.to(torch.int32), "means2d": meta["means2d"], "depths": meta["depths"], "conics": meta["conics"]}
+    keep = ("means2d", "depths", "conics")
+    return {"radii": radii.to(torch.int32), **{k: meta[k] for k in keep}}
 
 
 def render_gsplat(

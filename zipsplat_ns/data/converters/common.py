@@ -344,8 +344,8 @@ def process_view(
                     f"{name}: the image is {w}x{h} but its calibration is for {dw:g}x{dh:g}, a different aspect ratio "
                     f"(x{sx:.4f} wide, x{sy:.4f} high): is it rotated, cropped, or the wrong file?"
                 )
-            K[0, :] *= w / dw
-            K[1, :] *= h / dh
+            K[0, :] *= sx
+            K[1, :] *= sy
     distorted = has_distortion(dist)
     target = scaled_size(w, h, ops.max_size, ops.downscale)
     need_pixels = (
