@@ -271,6 +271,18 @@ def test_kmeans_empty_cluster_zero_centroid() -> None:
     assert res.nearest_idx.tolist() == [[0, 0, 1]]
 
 
+def _assert_same_kmeans(res, ref, x) -> None:
+    """Same k-means result up to floating-point ties: ``cdist`` takes its matmul path for more than 25 rows, so
+    a chunk's shape changes the last bits of its distances, and an (almost) tied nearest token may flip; the
+    centroids must agree and every pick must be a nearest token of its reference centroid."""
+    assert torch.allclose(res.centroids, ref.centroids, atol=1e-5)
+    xd, cd = x.double(), ref.centroids.double()
+    pick = xd.gather(1, res.nearest_idx[..., None].expand(-1, -1, x.shape[-1]))
+    picked = torch.linalg.vector_norm(pick - cd, dim=-1)
+    best = torch.linalg.vector_norm(cd[:, :, None] - xd[:, None], dim=-1).min(-1).values  # no cdist: tests patch it
+    assert torch.all(picked - best <= 1e-5 * (1 + best)), (picked - best).max()
+
+
 def test_kmeans_fp32_under_autocast(monkeypatch) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 300, 16, generator=g)
@@ -278,24 +290,24 @@ def test_kmeans_fp32_under_autocast(monkeypatch) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ac = hard_kmeans(x, 40)
     assert ac.centroids.dtype == torch.float32
-    assert torch.equal(ac.nearest_idx, ref.nearest_idx)
-    # chunking does not change the result: 7-row chunks (no byte budget) and the budget's chunk sizes
+    _assert_same_kmeans(ac, ref, x)
+    # chunking does not change the result (up to ties): 7-row chunks (no byte budget) and the budget's chunk sizes
     from zipsplat_ns.models import kmeans as kmeans_mod
 
     calls = []
     real_cdist = torch.cdist
     monkeypatch.setattr(torch, "cdist", lambda a, b: calls.append(a.shape[1]) or real_cdist(a, b))
     monkeypatch.setattr(kmeans_mod, "CHUNK_BYTES", 0)
-    assert torch.equal(hard_kmeans(x, 40, chunk_size=7).nearest_idx, ref.nearest_idx)
+    _assert_same_kmeans(hard_kmeans(x, 40, chunk_size=7), ref, x)
     assert max(calls) == 7 and len(calls) == 5 * 43 + 6  # 5 iterations x ceil(300 / 7) chunks, then ceil(40 / 7)
     calls.clear()
     monkeypatch.setattr(kmeans_mod, "CHUNK_BYTES", 4 * 2 * 40 * 100)  # 100 rows of the (2, rows, 40) distances
-    assert torch.equal(hard_kmeans(x, 40, chunk_size=7).nearest_idx, ref.nearest_idx)
+    _assert_same_kmeans(hard_kmeans(x, 40, chunk_size=7), ref, x)
     assert calls[:3] == [100, 100, 100]
     calls.clear()
     monkeypatch.undo()
     monkeypatch.setattr(torch, "cdist", lambda a, b: calls.append(a.shape[1]) or real_cdist(a, b))
-    assert torch.equal(hard_kmeans(x, 40).nearest_idx, ref.nearest_idx)
+    _assert_same_kmeans(hard_kmeans(x, 40), ref, x)
     assert calls == [300] * 5 + [40]  # default budget: one distance matrix per iteration
     assert torch.equal(select_tokens(x, 1.0), torch.arange(300).expand(2, 300))
     assert select_tokens(x, 0.1).shape == (2, 30)
