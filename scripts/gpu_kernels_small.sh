@@ -2,7 +2,8 @@
 # One device call: where small's *GPU* time goes with the fastest configuration (compiled + cuda_graphs, no
 # activation checkpointing), at 1x24 and 4x6: bench_train.py with a 2-step Chrome trace each, summarised by
 # trace_summary.py (kernel categories and top kernels). About 4 minutes. The ns-train smoke run with cuda_graphs is
-# its own call (keeps each call short; the machine stopped answering during the one call that ran both):
+# its own call (keeps each call short; the machine stopped answering during the one call that ran both).
+# LAYOUTS=1x24 profiles one layout (about 2 minutes):
 #   source .gpu/setup.sh && bash scripts/gpu_kernels_small.sh
 #   source .gpu/setup.sh && METHOD=zipsplat-small STEPS=40 bash scripts/gpu_ns_train_smoke.sh 300 \
 #     --pipeline.model.grad-checkpointing False --pipeline.model.cuda-graphs True
@@ -10,7 +11,7 @@ set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT}"
 mkdir -p "$OUT/traces"
-for L in 1x24 4x6; do
+for L in ${LAYOUTS:-1x24 4x6}; do
   timeout 170 python scripts/bench_train.py --variants small --layouts $L --compile compile --cuda-graphs on --grad-ckpt off \
     --steps 8 --warmup 4 --profile-steps 2 --trace-dir /tmp/traces --lpips-weights random \
     --output "$OUT/small_${L}_compile_graphs.json" > "$OUT/small_${L}_compile_graphs.log" 2>&1
