@@ -157,7 +157,8 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
 def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device,
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
               config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default",
-              trace_dir: "Path | None" = None, cuda_graphs: bool = False) -> dict:  # fmt: skip
+              trace_dir: "Path | None" = None, cuda_graphs: bool = False, mask_chunk: int = 8,
+              mask_downscale: int = 1) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -165,8 +166,8 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
 
     rec = {"variant": variant, "scenes": B, "views": V, "context_images": B * V, "target_views_per_scene": 4,
            "grad_checkpointing": grad_ckpt, "compile": compile_net, "fusion_sdpa": fusion_sdpa,
-           "backbone_sdpa": backbone_sdpa, "cuda_graphs": cuda_graphs,
-           "precision": "amp-bf16"}  # fmt: skip
+           "backbone_sdpa": backbone_sdpa, "cuda_graphs": cuda_graphs, "mask_render_chunk": mask_chunk,
+           "mask_render_downscale": mask_downscale, "precision": "amp-bf16"}  # fmt: skip
     model = None
     try:
         torch.cuda.empty_cache()
@@ -175,7 +176,8 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
         cfg = ZipSplatModelConfig(variant=variant, precision="amp-bf16", grad_checkpointing=grad_ckpt, renderer="gsplat",
                                   priors_probability=0.0, total_steps=450_000, compile=compile_net,
                                   fusion_sdpa=fusion_sdpa, backbone_sdpa=backbone_sdpa,
-                                  cuda_graphs=cuda_graphs)  # fmt: skip
+                                  cuda_graphs=cuda_graphs, mask_render_chunk=mask_chunk,
+                                  mask_render_downscale=mask_downscale)  # fmt: skip
         model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
                           metadata={}, device=str(device)).to(device)  # fmt: skip
         model.train()
@@ -260,7 +262,9 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 name = (f"{variant}_{B}x{V}_{'compile' if compile_net else 'eager'}_ckpt{int(grad_ckpt)}"
-                        f"{'_graphs' if cuda_graphs else ''}.json")  # fmt: skip
+                        f"{'_graphs' if cuda_graphs else ''}"
+                        f"{f'_mask{mask_chunk}x{mask_downscale}' if (mask_chunk, mask_downscale) != (8, 1) else ''}"
+                        ".json")  # fmt: skip
                 prof.export_chrome_trace(str(trace_dir / name))
                 rec["trace"] = name
         if timer is not None:
@@ -329,6 +333,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"],
                     help="the model's cuda_graphs (the ViT backbone's forward and backward replayed as CUDA graphs; "
                          "captured in the warm-up steps), one configuration each")  # fmt: skip
+    ap.add_argument("--mask-render", nargs="+", default=["8:1"], metavar="CHUNK:DOWNSCALE",
+                    help="the activated mask's context renders: views per rasterizer call (the model's "
+                         "mask_render_chunk) and downscale (mask_render_downscale), one configuration each")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--trace-dir", type=Path, default=None,
@@ -384,6 +391,8 @@ def main(argv=None) -> int:
                     key += f', backbone_sdpa={r["backbone_sdpa"]}'
                 if r.get("cuda_graphs"):
                     key += ", cuda_graphs"
+                if (r.get("mask_render_chunk", 8), r.get("mask_render_downscale", 1)) != (8, 1):
+                    key += f', mask_render={r["mask_render_chunk"]}:{r["mask_render_downscale"]}'
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
                                              "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
@@ -418,8 +427,10 @@ def main(argv=None) -> int:
     results, start = [], time.perf_counter()
     for variant in args.variants:
         for layout in args.layouts:
-            for mode, ck, fusion_sdpa, graphs in itertools.product(args.compile, args.grad_ckpt, args.fusion_sdpa,
-                                                                   args.cuda_graphs):  # fmt: skip
+            for mode, ck, fusion_sdpa, graphs, mask in itertools.product(
+                args.compile, args.grad_ckpt, args.fusion_sdpa, args.cuda_graphs, args.mask_render
+            ):  # fmt: skip
+                mask_chunk, mask_downscale = (int(x) for x in mask.split(":"))
                 B, V = (int(x) for x in layout.split("x"))
                 grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
                 if time.perf_counter() - start > args.time_budget_s:
@@ -431,7 +442,8 @@ def main(argv=None) -> int:
                                 compile_net=mode == "compile", profile_steps=args.profile_steps,
                                 config_index=len(results), fusion_sdpa=fusion_sdpa,
                                 backbone_sdpa=args.backbone_sdpa, trace_dir=args.trace_dir,
-                                cuda_graphs=graphs == "on")  # fmt: skip
+                                cuda_graphs=graphs == "on", mask_chunk=mask_chunk,
+                                mask_downscale=mask_downscale)  # fmt: skip
                 rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
                 print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
                       flush=True)  # fmt: skip

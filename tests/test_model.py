@@ -327,6 +327,32 @@ def test_activated_mask_is_the_same_for_any_context_render_chunk():
         make_model(mask_render_chunk=0)
 
 
+def test_mask_render_downscale_renders_the_context_views_smaller():
+    """``mask_render_downscale=2`` (opt-in): the context views' mask renders are at half the (already downscaled)
+    size, and the mask is the loss module's function of exactly those renders and the full-size target render."""
+    from zipsplat_ns.losses import activated_mask
+
+    inputs, batch = make_batch(B=2, Vc=3)
+    m = make_model(mask_render_downscale=2)
+    m.train()
+    out = m({**inputs, "has_depth": batch["has_depth"]})
+    g = m._gaussians_of(out).detach()
+    cr = render(g, Camera(inputs["context_camera"]).scale(1 / 6), Pose(inputs["context_pose"]), mode="D",
+                backend="torch")  # fmt: skip
+    assert cr.images.shape[-2:] == (S // 6, S // 6)
+    direct = activated_mask([cr, m._target_render_of(out)])
+    assert torch.equal(direct, out["activated"])
+    full = make_model()
+    full.train()
+    out_full = full({**inputs, "has_depth": batch["has_depth"]})
+    assert torch.equal(out_full["means"], out["means"])  # the same Gaussians: only the mask's renders differ
+    a, b = out["activated"], out_full["activated"]
+    assert not torch.equal(a, b)  # a coarser test, not the same one
+    assert (a == b).float().mean() > 0.8  # ... that mostly agrees
+    with pytest.raises(ValueError, match="mask_render_downscale"):
+        make_model(mask_render_downscale=0)
+
+
 # ---------------------------------------------------------------------------------------- host synchronisations
 def test_training_step_checks_its_inputs_once_with_clear_errors(monkeypatch):
     """The step reads its inputs' checks from the device once (``_check_inputs``); renders and camera / pose objects
