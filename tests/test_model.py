@@ -439,6 +439,31 @@ def test_cuda_graphs_fall_back_to_eager_on_cpu_and_train_identically():
     assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
 
 
+def test_graphed_lpips_is_not_built_when_the_lpips_term_is_off(monkeypatch):
+    """With ``cuda_graphs`` and ``lpips_weight`` 0 the loss never calls LPIPS, so its graphs (and the VGG16 weights
+    they need) are not built: this once failed an ns-train run without the weights (benchmarks/bench_train_mask_render/).
+    With the term on, the graphs are built once per device."""
+    from types import SimpleNamespace
+
+    import zipsplat_ns.lpips as lpips_mod
+    from zipsplat_ns.models import cuda_graphs as cuda_graphs_mod
+
+    built = []
+    monkeypatch.setattr(lpips_mod, "get_lpips_vgg", lambda device: built.append(device) or torch.nn.Identity())
+    monkeypatch.setattr(cuda_graphs_mod, "GraphCache", lambda net, name, **kw: ("graphs", name))
+    render_ = SimpleNamespace(is_cuda=True, requires_grad=True, device=torch.device("cpu"))  # a CUDA tensor's flags
+    from zipsplat_ns.losses import LossConfig
+
+    off = make_model(cuda_graphs=True, loss=LossConfig(lpips_weight=0.0))
+    assert off._graphed_lpips(render_) is None and not built
+    on = make_model(cuda_graphs=True)
+    assert on._graphed_lpips(render_) == ("graphs", "LPIPS-VGG") and len(built) == 1
+    assert on._graphed_lpips(render_) == ("graphs", "LPIPS-VGG") and len(built) == 1  # cached
+    with torch.no_grad():
+        assert on._graphed_lpips(render_) is None
+    assert make_model()._graphed_lpips(render_) is None  # eager default
+
+
 def test_cuda_graphs_autocast_cache_reset_and_accumulation_guard():
     from zipsplat_ns.models.network import ZipSplat
 

@@ -408,9 +408,13 @@ class ZipSplatModel(SplatfactoModel):
 
     def _graphed_lpips(self, render: Tensor):
         """With ``cuda_graphs``: the LPIPS-VGG loss network as CUDA graphs (forward + backward per target layout), as
-        an ``lpips_fn`` for :func:`compute_losses`; None (the eager default) otherwise or when nothing needs its
-        gradient."""
-        if not (self.config.cuda_graphs and render.is_cuda and render.requires_grad and torch.is_grad_enabled()):
+        an ``lpips_fn`` for :func:`compute_losses`; None (the eager default) otherwise, when nothing needs its
+        gradient, or when the LPIPS term is off (``lpips_weight`` 0: the loss never calls it, so its weights are not
+        needed)."""
+        cfg = self.config
+        if not (cfg.cuda_graphs and cfg.loss.lpips_weight and render.is_cuda and render.requires_grad):
+            return None
+        if not torch.is_grad_enabled():
             return None
         graphs = self._lpips_graphs.get(render.device)
         if graphs is None:
