@@ -408,6 +408,20 @@ def test_camera_scale_checks_python_factors_on_the_host():
             cam.scale(bad)
     with pytest.raises(ValueError, match="Camera.scale: factors must be positive"):
         cam.scale(torch.tensor(-2.0))
+    # Python factors never become a device tensor (on CUDA that is a copy that waits for the GPU), and the result
+    # keeps its gradient path
+    import zipsplat_ns.camera as camera_mod
+
+    real_as_tensor = torch.as_tensor
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(camera_mod.torch, "as_tensor", lambda *a, **k: pytest.fail("Camera.scale built a tensor"))
+        data = cam.data.clone().requires_grad_(True)
+        scaled = Camera.wrap(data).scale((0.5, 0.25))
+        assert torch.allclose(scaled.data, torch.tensor([[50.0, 20.0, 45.0, 22.5, 25.0, 10.0]]))
+        scaled.data.sum().backward()
+        assert data.grad.tolist() == [[0.5, 0.25, 0.5, 0.25, 0.5, 0.25]]
+        assert torch.equal(cam.scale(2).data, cam.data * 2) and torch.equal(cam.data, cam.scale(1.0).data)
+    assert torch.allclose(cam.scale(real_as_tensor([0.5, 0.25])).data, cam.scale((0.5, 0.25)).data)  # tensor path
     # derived objects are wrapped, not re-validated, and keep the data
     sub = cam[0]
     assert isinstance(sub, Camera) and torch.equal(sub.data, cam.data[0])

