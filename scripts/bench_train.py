@@ -36,6 +36,7 @@ REFERENCE = {
     "giant": {"ms_per_step": [355, 413], "images_per_s": [58, 68], "peak_memory_gb": 46.7},
     "small": {"ms_per_step": 96, "images_per_s": 250},
 }
+MASK_RENDER_DEFAULT = (8, 1)  # the model's defaults: mask_render_chunk, mask_render_downscale
 TARGETS = {
     "giant": {"images_per_s_min": 70, "peak_memory_gb_max": 46.7},
     "small": {"images_per_s_min": 400},
@@ -157,8 +158,9 @@ def profile_summary(prof, steps: int, top: int = 25) -> dict:
 def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: bool, device: torch.device,
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
               config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default",
-              trace_dir: "Path | None" = None, cuda_graphs: bool = False, mask_chunk: int = 8,
-              mask_downscale: int = 1) -> dict:  # fmt: skip
+              trace_dir: "Path | None" = None, cuda_graphs: bool = False,
+              mask_chunk: int = MASK_RENDER_DEFAULT[0],
+              mask_downscale: int = MASK_RENDER_DEFAULT[1]) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -261,10 +263,10 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             rec["profile"] = profile_summary(prof, profile_steps)
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
+                mask = (mask_chunk, mask_downscale)
                 name = (f"{variant}_{B}x{V}_{'compile' if compile_net else 'eager'}_ckpt{int(grad_ckpt)}"
                         f"{'_graphs' if cuda_graphs else ''}"
-                        f"{f'_mask{mask_chunk}x{mask_downscale}' if (mask_chunk, mask_downscale) != (8, 1) else ''}"
-                        ".json")  # fmt: skip
+                        f"{'_mask%dx%d' % mask if mask != MASK_RENDER_DEFAULT else ''}.json")  # fmt: skip
                 prof.export_chrome_trace(str(trace_dir / name))
                 rec["trace"] = name
         if timer is not None:
@@ -333,7 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"],
                     help="the model's cuda_graphs (the ViT backbone's forward and backward replayed as CUDA graphs; "
                          "captured in the warm-up steps), one configuration each")  # fmt: skip
-    ap.add_argument("--mask-render", nargs="+", default=["8:1"], metavar="CHUNK:DOWNSCALE",
+    ap.add_argument("--mask-render", nargs="+", default=["%d:%d" % MASK_RENDER_DEFAULT], metavar="CHUNK:DOWNSCALE",
                     help="the activated mask's context renders: views per rasterizer call (the model's "
                          "mask_render_chunk) and downscale (mask_render_downscale), one configuration each")
     ap.add_argument("--profile-steps", type=int, default=0,
@@ -391,7 +393,9 @@ def main(argv=None) -> int:
                     key += f', backbone_sdpa={r["backbone_sdpa"]}'
                 if r.get("cuda_graphs"):
                     key += ", cuda_graphs"
-                if (r.get("mask_render_chunk", 8), r.get("mask_render_downscale", 1)) != (8, 1):
+                mask = tuple(r.get(k, d) for k, d in zip(("mask_render_chunk", "mask_render_downscale"),
+                                                          MASK_RENDER_DEFAULT))  # fmt: skip
+                if mask != MASK_RENDER_DEFAULT:
                     key += f', mask_render={r["mask_render_chunk"]}:{r["mask_render_downscale"]}'
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
@@ -435,7 +439,9 @@ def main(argv=None) -> int:
                 grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
                 if time.perf_counter() - start > args.time_budget_s:
                     results.append({"variant": variant, "scenes": B, "views": V, "compile": mode == "compile",
-                                    "grad_checkpointing": grad_ckpt, "fusion_sdpa": fusion_sdpa, "ok": False,
+                                    "grad_checkpointing": grad_ckpt, "fusion_sdpa": fusion_sdpa,
+                                    "mask_render_chunk": mask_chunk, "mask_render_downscale": mask_downscale,
+                                    "ok": False,
                                     "error": "skipped (time budget)"})
                     continue
                 rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,

@@ -460,14 +460,13 @@ def test_graphed_lpips_is_not_built_when_the_lpips_term_is_off(monkeypatch):
     from types import SimpleNamespace
 
     import zipsplat_ns.lpips as lpips_mod
+    from zipsplat_ns.losses import LossConfig
     from zipsplat_ns.models import cuda_graphs as cuda_graphs_mod
 
     built = []
     monkeypatch.setattr(lpips_mod, "get_lpips_vgg", lambda device: built.append(device) or torch.nn.Identity())
     monkeypatch.setattr(cuda_graphs_mod, "GraphCache", lambda net, name, **kw: ("graphs", name))
     render_ = SimpleNamespace(is_cuda=True, requires_grad=True, device=torch.device("cpu"))  # a CUDA tensor's flags
-    from zipsplat_ns.losses import LossConfig
-
     off = make_model(cuda_graphs=True, loss=LossConfig(lpips_weight=0.0))
     assert off._graphed_lpips(render_) is None and not built
     on = make_model(cuda_graphs=True)

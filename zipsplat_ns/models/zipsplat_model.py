@@ -412,9 +412,8 @@ class ZipSplatModel(SplatfactoModel):
         gradient, or when the LPIPS term is off (``lpips_weight`` 0: the loss never calls it, so its weights are not
         needed)."""
         cfg = self.config
-        if not (cfg.cuda_graphs and cfg.loss.lpips_weight and render.is_cuda and render.requires_grad):
-            return None
-        if not torch.is_grad_enabled():
+        if not (cfg.cuda_graphs and cfg.loss.lpips_weight and render.is_cuda and render.requires_grad
+                and torch.is_grad_enabled()):  # fmt: skip
             return None
         graphs = self._lpips_graphs.get(render.device)
         if graphs is None:
