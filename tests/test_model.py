@@ -351,6 +351,11 @@ def test_mask_render_downscale_renders_the_context_views_smaller():
     assert (a == b).float().mean() > 0.8  # ... that mostly agrees
     with pytest.raises(ValueError, match="mask_render_downscale"):
         make_model(mask_render_downscale=0)
+    bad = make_model(mask_render_downscale=5)  # 252 / 3 = 84 px context renders do not divide by 5
+    bad.train()
+    msg = r"render_downscale x mask_render_downscale=15: the context images \(252x252\)"
+    with pytest.raises(ValueError, match=msg):
+        bad({**inputs, "has_depth": batch["has_depth"]})
 
 
 # ---------------------------------------------------------------------------------------- host synchronisations
@@ -455,8 +460,8 @@ def test_cuda_graphs_fall_back_to_eager_on_cpu_and_train_identically():
 
 def test_graphed_lpips_is_not_built_when_the_lpips_term_is_off(monkeypatch):
     """With ``cuda_graphs`` and ``lpips_weight`` 0 the loss never calls LPIPS, so its graphs (and the VGG16 weights
-    they need) are not built: this once failed an ns-train run without the weights (benchmarks/bench_train_mask_render/).
-    With the term on, the graphs are built once per device."""
+    they need) are not built: this once failed an ns-train run without the weights
+    (benchmarks/bench_train_mask_render/). With the term on, the graphs are built once per device."""
     from types import SimpleNamespace
 
     import zipsplat_ns.lpips as lpips_mod

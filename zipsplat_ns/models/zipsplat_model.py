@@ -167,11 +167,12 @@ def _lpips_on_unit_images(net: nn.Module, pred: Tensor, gt: Tensor) -> Tensor:
     return net(pred.float(), gt.float(), normalize=True)
 
 
-def _downscaled_size(size: Tuple[int, int], factor: int, what: str) -> Tuple[int, int]:
-    """``(w, h) / factor`` for renders at ``render_downscale``; the sizes must divide."""
+def _downscaled_size(size: Tuple[int, int], factor: int, what: str, knob: str = "render_downscale") -> Tuple[int, int]:
+    """``(w, h) / factor`` for renders at ``render_downscale`` (``knob`` names the setting(s) giving ``factor``);
+    the sizes must divide."""
     w, h = size
     if w % factor or h % factor:
-        raise ValueError(f"render_downscale={factor}: the {what} images ({w}x{h}) must be divisible by it")
+        raise ValueError(f"{knob}={factor}: the {what} images ({w}x{h}) must be divisible by it")
     return w // factor, h // factor
 
 
@@ -373,7 +374,8 @@ class ZipSplatModel(SplatfactoModel):
                 gd = g.detach()
                 step = int(cfg.mask_render_chunk)
                 mds = ds * int(cfg.mask_render_downscale)
-                csize = _downscaled_size(chk["context_size"], mds, "context")
+                knob = "render_downscale x mask_render_downscale" if mds > ds else "render_downscale"
+                csize = _downscaled_size(chk["context_size"], mds, "context", knob)
                 cams_ds = ccams.scale(1.0 / mds) if mds > 1 else ccams
                 for v0 in range(0, V, step):
                     crender = render(gd, cams_ds[:, v0 : v0 + step], cposes[:, v0 : v0 + step], mode="D",
