@@ -36,12 +36,22 @@ REFERENCE = {
     "giant": {"ms_per_step": [355, 413], "images_per_s": [58, 68], "peak_memory_gb": 46.7},
     "small": {"ms_per_step": 96, "images_per_s": 250},
 }
-MASK_RENDER_DEFAULT = (8, 1)  # the model's defaults: mask_render_chunk, mask_render_downscale
+MASK_RENDER_DEFAULT = (8, 1, 16)  # the model's defaults: mask_render_chunk, _downscale, _tile_size
+MASK_RENDER_KEYS = ("mask_render_chunk", "mask_render_downscale", "mask_render_tile_size")
 TARGETS = {
     "giant": {"images_per_s_min": 70, "peak_memory_gb_max": 46.7},
     "small": {"images_per_s_min": 400},
 }
 S = 252
+
+
+def parse_mask_render(spec: str) -> "tuple[int, int, int]":
+    """``CHUNK:DOWNSCALE[:TILE]`` -> the model's (mask_render_chunk, mask_render_downscale, mask_render_tile_size)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise SystemExit(f"--mask-render {spec!r}: expected CHUNK:DOWNSCALE or CHUNK:DOWNSCALE:TILE (whole numbers)")
+    vals = [int(p) for p in parts] + list(MASK_RENDER_DEFAULT[len(parts):])
+    return vals[0], vals[1], vals[2]
 
 
 def make_batch(B: int, V: int, Vt: int, device: torch.device, seed: int):
@@ -159,8 +169,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
               config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default",
               trace_dir: "Path | None" = None, cuda_graphs: bool = False,
-              mask_chunk: int = MASK_RENDER_DEFAULT[0],
-              mask_downscale: int = MASK_RENDER_DEFAULT[1]) -> dict:  # fmt: skip
+              mask_render: "tuple[int, int, int]" = MASK_RENDER_DEFAULT) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -168,8 +177,8 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
 
     rec = {"variant": variant, "scenes": B, "views": V, "context_images": B * V, "target_views_per_scene": 4,
            "grad_checkpointing": grad_ckpt, "compile": compile_net, "fusion_sdpa": fusion_sdpa,
-           "backbone_sdpa": backbone_sdpa, "cuda_graphs": cuda_graphs, "mask_render_chunk": mask_chunk,
-           "mask_render_downscale": mask_downscale, "precision": "amp-bf16"}  # fmt: skip
+           "backbone_sdpa": backbone_sdpa, "cuda_graphs": cuda_graphs, **dict(zip(MASK_RENDER_KEYS, mask_render)),
+           "precision": "amp-bf16"}  # fmt: skip
     model = None
     try:
         torch.cuda.empty_cache()
@@ -178,8 +187,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
         cfg = ZipSplatModelConfig(variant=variant, precision="amp-bf16", grad_checkpointing=grad_ckpt, renderer="gsplat",
                                   priors_probability=0.0, total_steps=450_000, compile=compile_net,
                                   fusion_sdpa=fusion_sdpa, backbone_sdpa=backbone_sdpa,
-                                  cuda_graphs=cuda_graphs, mask_render_chunk=mask_chunk,
-                                  mask_render_downscale=mask_downscale)  # fmt: skip
+                                  cuda_graphs=cuda_graphs, **dict(zip(MASK_RENDER_KEYS, mask_render)))  # fmt: skip
         model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
                           metadata={}, device=str(device)).to(device)  # fmt: skip
         model.train()
@@ -263,10 +271,10 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             rec["profile"] = profile_summary(prof, profile_steps)
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
-                mask = (mask_chunk, mask_downscale)
+                mask = tuple(mask_render)
                 name = (f"{variant}_{B}x{V}_{'compile' if compile_net else 'eager'}_ckpt{int(grad_ckpt)}"
                         f"{'_graphs' if cuda_graphs else ''}"
-                        f"{'_mask%dx%d' % mask if mask != MASK_RENDER_DEFAULT else ''}.json")  # fmt: skip
+                        f"{'_mask' + 'x'.join(map(str, mask)) if mask != MASK_RENDER_DEFAULT else ''}.json")  # fmt: skip
                 prof.export_chrome_trace(str(trace_dir / name))
                 rec["trace"] = name
         if timer is not None:
@@ -335,9 +343,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"],
                     help="the model's cuda_graphs (the ViT backbone's forward and backward replayed as CUDA graphs; "
                          "captured in the warm-up steps), one configuration each")  # fmt: skip
-    ap.add_argument("--mask-render", nargs="+", default=["%d:%d" % MASK_RENDER_DEFAULT], metavar="CHUNK:DOWNSCALE",
+    ap.add_argument("--mask-render", nargs="+", default=["%d:%d:%d" % MASK_RENDER_DEFAULT],
+                    metavar="CHUNK:DOWNSCALE[:TILE]",
                     help="the activated mask's context renders: views per rasterizer call (the model's "
-                         "mask_render_chunk) and downscale (mask_render_downscale), one configuration each")
+                         "mask_render_chunk), downscale (mask_render_downscale) and gsplat tile size "
+                         "(mask_render_tile_size, default 16), one configuration each")  # fmt: skip
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--trace-dir", type=Path, default=None,
@@ -393,10 +403,9 @@ def main(argv=None) -> int:
                     key += f', backbone_sdpa={r["backbone_sdpa"]}'
                 if r.get("cuda_graphs"):
                     key += ", cuda_graphs"
-                mask = tuple(r.get(k, d) for k, d in zip(("mask_render_chunk", "mask_render_downscale"),
-                                                          MASK_RENDER_DEFAULT))  # fmt: skip
+                mask = tuple(r.get(k, d) for k, d in zip(MASK_RENDER_KEYS, MASK_RENDER_DEFAULT))
                 if mask != MASK_RENDER_DEFAULT:
-                    key += f', mask_render={r["mask_render_chunk"]}:{r["mask_render_downscale"]}'
+                    key += ", mask_render=" + ":".join(map(str, mask))
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
                                              "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})
@@ -434,13 +443,13 @@ def main(argv=None) -> int:
             for mode, ck, fusion_sdpa, graphs, mask in itertools.product(
                 args.compile, args.grad_ckpt, args.fusion_sdpa, args.cuda_graphs, args.mask_render
             ):  # fmt: skip
-                mask_chunk, mask_downscale = (int(x) for x in mask.split(":"))
+                mask_render = parse_mask_render(mask)
                 B, V = (int(x) for x in layout.split("x"))
                 grad_ckpt = recipe_ckpt.get(variant, False) if ck == "recipe" else ck == "on"
                 if time.perf_counter() - start > args.time_budget_s:
                     results.append({"variant": variant, "scenes": B, "views": V, "compile": mode == "compile",
                                     "grad_checkpointing": grad_ckpt, "fusion_sdpa": fusion_sdpa,
-                                    "mask_render_chunk": mask_chunk, "mask_render_downscale": mask_downscale,
+                                    **dict(zip(MASK_RENDER_KEYS, mask_render)),
                                     "ok": False,
                                     "error": "skipped (time budget)"})
                     continue
@@ -448,8 +457,7 @@ def main(argv=None) -> int:
                                 compile_net=mode == "compile", profile_steps=args.profile_steps,
                                 config_index=len(results), fusion_sdpa=fusion_sdpa,
                                 backbone_sdpa=args.backbone_sdpa, trace_dir=args.trace_dir,
-                                cuda_graphs=graphs == "on", mask_chunk=mask_chunk,
-                                mask_downscale=mask_downscale)  # fmt: skip
+                                cuda_graphs=graphs == "on", mask_render=mask_render)  # fmt: skip
                 rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
                 print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
                       flush=True)  # fmt: skip

@@ -150,6 +150,29 @@ def test_torch_backend_is_differentiable():
     assert means.grad is not None and float(means.grad[0, 0]) > 0
 
 
+def test_tile_size_changes_only_the_tails_beyond_the_three_sigma_box():
+    """A Gaussian reaches the pixels of the tiles that its 3-sigma box overlaps (as gsplat's tile rasterizer): with
+    32-pixel tiles the covered tiles are larger, so faint tails appear beyond the box (alpha < 0.011 x opacity, the
+    1/255 cut above 3 sigma); every pixel that 16-pixel tiles reach keeps its exact value."""
+    opacity = 0.99
+    # centre at pixel (35, 24) with a 2D sigma of 3.96 px: its 3-sigma box (radius 12) ends at x = 47.5, the edge of
+    # 16-pixel tile 2 (32-47) but inside 32-pixel tile 1 (32-63), so pixel 48 (13 px away, alpha 0.0045) is a tail
+    z = 2.0
+    sigma = math.sqrt(3.96**2 - EPS2D) * z / 80.0
+    g = one_gaussian(((35.5 - 32.0) * z / 80.0, (24.5 - 24.0) * z / 80.0, z), sigma, opacity, (1.0, 1.0, 1.0))
+    a16 = render(g, CAM, Pose.identity(), mode="RGB").alphas[0]
+    a32 = render(g, CAM, Pose.identity(), mode="RGB", tile_size=32).alphas[0]
+    reached = a16 > 0
+    assert torch.equal(a32[reached], a16[reached])
+    tails = (a32 > 0) & ~reached
+    assert tails.any()  # the larger tiles do let tails through ...
+    assert float(a32[tails].max()) < 0.011 * opacity  # ... and only faint ones
+    assert float(a32[tails].min()) >= 1.0 / 255.0
+    for bad in (0, 33, 16.5):
+        with pytest.raises(ValueError, match="tile_size must be a whole number of pixels in \\[1, 32\\]"):
+            render(g, CAM, Pose.identity(), tile_size=bad)
+
+
 def test_render_errors_are_clear():
     g = one_gaussian((0, 0, 2.0), 0.05, 0.5, (0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="unknown mode"):

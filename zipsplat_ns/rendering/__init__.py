@@ -4,7 +4,9 @@ Conventions shared by both backends (and the ZipSplat reference):
 
 - cameras are OpenCV: ``viewmat`` = world-to-camera of a :class:`~zipsplat_ns.pose.Pose` (camera-to-world);
 - pixel centres at ``+0.5``; all cameras of one scene share one image size;
-- classic (non-antialiased) EWA splatting, ``eps2d = 0.3``, near 0.01, far 1e10;
+- classic (non-antialiased) EWA splatting, ``eps2d = 0.3``, near 0.01, far 1e10, 16-pixel tiles (a Gaussian
+  reaches the pixels of the tiles that its 3-sigma box overlaps; ``tile_size`` 32 quarters the tiles, so gsplat
+  builds and sorts fewer (Gaussian, tile) pairs, and changes only the faint tails that a covered tile lets through);
 - modes: ``RGB`` colour; ``D`` *accumulated* depth ``sum_i w_i z_i``; ``ED`` expected depth ``D / alpha``;
   ``RGB+D`` and ``RGB+ED`` concatenate both (4 channels);
 - the background is composited afterwards on the colour channels only: ``rgb + (1 - alpha) * background``;
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 Backend = Literal["gsplat", "torch"]
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+MAX_TILE_SIZE = 32  # gsplat shades a tile with one thread per pixel, in one CUDA block (at most 1024 threads)
 
 
 @dataclass
@@ -87,15 +90,19 @@ def render(
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
     image_size: Optional[Tuple[int, int]] = None,
+    tile_size: int = 16,
 ) -> RenderOutput:
     """Render ``gaussians`` (batch shape ``()`` or ``(B,)``) into cameras of shape ``(V,)``/``(B, V)`` (or one camera).
 
     ``image_size``: ``(width, height)`` of every camera, for callers that have checked it already (the training step
     checks its batch once); without it the cameras' sizes are read from the device and checked here, which on a GPU
-    waits for all queued work.
+    waits for all queued work. ``tile_size``: pixels per tile side, 1 to 32 (gsplat runs one thread per pixel of a
+    tile in a block, at most 1024).
     """
     if mode not in RENDER_MODES:
         raise ValueError(f"render: unknown mode {mode!r}; expected one of {RENDER_MODES}")
+    if not 1 <= int(tile_size) <= MAX_TILE_SIZE or int(tile_size) != tile_size:
+        raise ValueError(f"render: tile_size must be a whole number of pixels in [1, {MAX_TILE_SIZE}], got {tile_size}")
     cameras = ensure_camera(cameras, "cameras")
     poses = ensure_pose(poses, "poses")
     g = gaussians
@@ -133,7 +140,8 @@ def render(
     viewmats = poses.to(device=device, dtype=dtype).Rt_inv
     Ks = cameras.to(device=device, dtype=dtype).K
     # Both backends rasterize accumulated depth; expected depth is derived below, identically for both.
-    kw = dict(sh_degree=deg, mode=mode.replace("ED", "D"), near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip)
+    kw = dict(sh_degree=deg, mode=mode.replace("ED", "D"), near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+              radius_clip=radius_clip, tile_size=int(tile_size))  # fmt: skip
 
     if backend == "gsplat":
         if device.type != "cuda":
@@ -180,4 +188,4 @@ def render(
     return RenderOutput(images=images, alphas=alphas, info=info, mode=mode)
 
 
-__all__ = ["render", "camera_image_size", "RenderOutput", "default_backend", "RENDER_MODES", "Backend"]
+__all__ = ["render", "camera_image_size", "RenderOutput", "default_backend", "RENDER_MODES", "MAX_TILE_SIZE", "Backend"]

@@ -56,6 +56,7 @@ def render_gsplat(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
+    tile_size: int = 16,
 ) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
     """Render ``B`` scenes: means ``(B, N, 3)``, cameras ``(B, V, ...)``. Returns ``(B, V, H, W, C)`` and alphas."""
     from gsplat import rasterization
@@ -63,6 +64,7 @@ def render_gsplat(
     kwargs = dict(
         width=width, height=height, sh_degree=sh_degree, render_mode=mode, packed=False,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip, rasterize_mode="classic",
+        tile_size=int(tile_size),
     )  # fmt: skip
     B = means.shape[0]
     if supports_batched_scenes() and B > 1:

@@ -5,8 +5,9 @@ It follows the same image-formation model as gsplat's "classic" rasterizer so th
 1. EWA projection: camera-space mean ``p``, 2D covariance ``J W Sigma W^T J^T + eps2d I`` with the perspective Jacobian
    ``J`` evaluated at ``p`` whose x/y are clamped to 1.3x the image frustum (avoids huge splats at grazing angles).
 2. Culling: outside ``[near, far]``, non-positive-definite 2D covariance, or a 3-sigma box (radius from the largest
-   eigenvalue, ``ceil(3 sqrt(lambda_max))``) that misses the image. The box also limits a Gaussian to the 16x16
-   tiles it overlaps, as a tile rasterizer does.
+   eigenvalue, ``ceil(3 sqrt(lambda_max))``) that misses the image. The box also limits a Gaussian to the tiles
+   (16x16 pixels unless ``tile_size`` says otherwise) it overlaps, as a tile rasterizer does: a tile size changes
+   only the faint tails (beyond the 3-sigma box, alpha below ``0.011 o``) that a covered tile lets through.
 3. Per pixel (centre at ``+0.5``): ``alpha = min(0.999, o * exp(-0.5 d^T Sigma^-1 d))``, contributions with
    ``alpha < 1/255`` dropped, front-to-back compositing in depth order with early termination once the transmittance
    would fall to 1e-4.
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from zipsplat_ns.rendering.sh import eval_sh
 
-TILE = 16
+TILE = 16  # gsplat's default tile size
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
@@ -110,8 +111,10 @@ def rasterize_dense(
     height: int,
     *,
     max_entries: int = 1 << 23,
+    tile_size: int = TILE,
 ) -> Tuple[Float[Tensor, "H W C"], Float[Tensor, "H W 1"]]:
     """Composite ``features`` front to back over the image; returns (features, alpha)."""
+    tile = int(tile_size)  # pixels per tile side (the rasterizer's work unit, and the tails it lets through)
     device, dtype = means2d.device, means2d.dtype
     C = features.shape[-1]
     out = torch.zeros(height, width, C, device=device, dtype=features.dtype)
@@ -123,12 +126,12 @@ def rasterize_dense(
     m2d, con, opa, feat = means2d[order], conics[order], opacities[order], features[order]
     with torch.no_grad():
         r = radii[order].to(dtype)
-        tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
+        tiles_x, tiles_y = math.ceil(width / tile), math.ceil(height / tile)
         # Tile range [tmin, tmax) overlapped by each Gaussian's 3-sigma box, as in a tile rasterizer.
-        tmin_x = torch.floor((m2d[:, 0] - r) / TILE).clamp(0, tiles_x)
-        tmax_x = torch.ceil((m2d[:, 0] + r) / TILE).clamp(0, tiles_x)
-        tmin_y = torch.floor((m2d[:, 1] - r) / TILE).clamp(0, tiles_y)
-        tmax_y = torch.ceil((m2d[:, 1] + r) / TILE).clamp(0, tiles_y)
+        tmin_x = torch.floor((m2d[:, 0] - r) / tile).clamp(0, tiles_x)
+        tmax_x = torch.ceil((m2d[:, 0] + r) / tile).clamp(0, tiles_x)
+        tmin_y = torch.floor((m2d[:, 1] - r) / tile).clamp(0, tiles_y)
+        tmax_y = torch.ceil((m2d[:, 1] + r) / tile).clamp(0, tiles_y)
 
     block = 4  # tiles per block side; shrunk to 1 when a block overlaps too many Gaussians
     for by0 in range(0, tiles_y, block):
@@ -138,7 +141,7 @@ def rasterize_dense(
             if not bool(sel.any()):
                 continue
             n_sel = int(sel.sum())
-            npx = (by1 - by0) * (bx1 - bx0) * TILE * TILE
+            npx = (by1 - by0) * (bx1 - bx0) * tile * tile
             if n_sel * npx > max_entries and block > 1:
                 spans = [(ty, tx) for ty in range(by0, by1) for tx in range(bx0, bx1)]
                 sizes = [(ty, ty + 1, tx, tx + 1) for ty, tx in spans]
@@ -147,12 +150,12 @@ def rasterize_dense(
             for ty0, ty1, tx0, tx1 in sizes:
                 _composite_block(
                     out, out_alpha, m2d, con, opa, feat, (tmin_x, tmax_x, tmin_y, tmax_y),
-                    ty0, ty1, tx0, tx1, width, height,
+                    ty0, ty1, tx0, tx1, width, height, tile,
                 )  # fmt: skip
     return out, out_alpha
 
 
-def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, tx0, tx1, width, height) -> None:
+def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, tx0, tx1, width, height, tile) -> None:
     """Composite the Gaussians overlapping tiles ``[ty0, ty1) x [tx0, tx1)`` into ``out`` / ``out_alpha``.
 
     With gradients, the dense (pixels x Gaussians) intermediates of a large block are not kept for the backward pass:
@@ -164,10 +167,10 @@ def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, 
     idx = torch.nonzero(sel).squeeze(-1)  # still sorted by depth
     if idx.numel() == 0:
         return
-    y0, y1 = ty0 * TILE, min(ty1 * TILE, height)
-    x0, x1 = tx0 * TILE, min(tx1 * TILE, width)
+    y0, y1 = ty0 * tile, min(ty1 * tile, height)
+    x0, x1 = tx0 * tile, min(tx1 * tile, width)
     boxes = torch.stack([tmin_x[idx], tmax_x[idx], tmin_y[idx], tmax_y[idx]], -1)
-    args = (m2d[idx], con[idx], opa[idx], feat[idx], boxes, y0, y1, x0, x1)
+    args = (m2d[idx], con[idx], opa[idx], feat[idx], boxes, y0, y1, x0, x1, tile)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in args[:4])
     if needs_grad and idx.numel() * (y1 - y0) * (x1 - x0) >= CHECKPOINT_MIN_ENTRIES:
         color, acc = torch.utils.checkpoint.checkpoint(_shade_pixels, *args, use_reentrant=False)
@@ -177,7 +180,7 @@ def _composite_block(out, out_alpha, m2d, con, opa, feat, tile_range, ty0, ty1, 
     out_alpha[y0:y1, x0:x1] = acc.reshape(y1 - y0, x1 - x0, 1)
 
 
-def _shade_pixels(g_m, g_c, g_o, g_f, boxes, y0: int, y1: int, x0: int, x1: int) -> Tuple[Tensor, Tensor]:
+def _shade_pixels(g_m, g_c, g_o, g_f, boxes, y0: int, y1: int, x0: int, x1: int, tile: int) -> Tuple[Tensor, Tensor]:
     """Front-to-back compositing of depth-sorted Gaussians over the pixels ``[y0, y1) x [x0, x1)``: ``(P, C), (P, 1)``."""
     ys = torch.arange(y0, y1, device=g_m.device, dtype=g_m.dtype)
     xs = torch.arange(x0, x1, device=g_m.device, dtype=g_m.dtype)
@@ -189,7 +192,7 @@ def _shade_pixels(g_m, g_c, g_o, g_f, boxes, y0: int, y1: int, x0: int, x1: int)
     alpha = torch.clamp(g_o[None, :] * torch.exp(power), max=ALPHA_MAX)
     with torch.no_grad():
         # A Gaussian only touches pixels in the tiles its box overlaps, and only with a non-negligible alpha.
-        tpx, tpy = (px // TILE)[:, None], (py // TILE)[:, None]
+        tpx, tpy = (px // tile)[:, None], (py // tile)[:, None]
         inside = (tpx >= boxes[None, :, 0]) & (tpx < boxes[None, :, 1])
         inside &= (tpy >= boxes[None, :, 2]) & (tpy < boxes[None, :, 3])
         use = inside & (power <= 0) & (alpha >= ALPHA_MIN)
@@ -223,6 +226,7 @@ def render_scene_torch(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
+    tile_size: int = TILE,
 ) -> Tuple[Float[Tensor, "V H W C"], Float[Tensor, "V H W 1"], Dict[str, Tensor]]:
     """Render one scene into V cameras (channels per ``mode``; depth channels are *accumulated* depth)."""
     covars = quat_scale_to_covar(quats, scales)
@@ -240,7 +244,8 @@ def render_scene_torch(
             feats.append(proj["depths"][:, None])
         features = torch.cat(feats, -1)
         img, alpha = rasterize_dense(
-            proj["means2d"], proj["conics"], opacities, features, proj["depths"], proj["radii"], width, height
+            proj["means2d"], proj["conics"], opacities, features, proj["depths"], proj["radii"], width, height,
+            tile_size=tile_size,
         )
         colors_all.append(img)
         alphas_all.append(alpha)
