@@ -323,6 +323,10 @@ def main(argv=None) -> int:
     ap.add_argument("--layouts", nargs="+", default=["4x6", "1x24"], help="scenes x views, 24 context images each")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--same-draws", action="store_true",
+                    help="every configuration gets the same per-step compression draws (hence the same Gaussian "
+                         "counts: an A/B of the rest; list a configuration twice to interleave). Only the first "
+                         "configuration's 'cold' pass is then cold; compare the warm medians")  # fmt: skip
     ap.add_argument("--time-budget-s", type=float, default=420.0, help="skip remaining configurations after this")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the step's phases (network, renders, activated mask, LPIPS, chamfer, backward, "
@@ -455,10 +459,11 @@ def main(argv=None) -> int:
                     continue
                 rec = bench_one(variant, B, V, args.steps, args.warmup, grad_ckpt, device, breakdown=args.breakdown,
                                 compile_net=mode == "compile", profile_steps=args.profile_steps,
-                                config_index=len(results), fusion_sdpa=fusion_sdpa,
+                                config_index=0 if args.same_draws else len(results), fusion_sdpa=fusion_sdpa,
                                 backbone_sdpa=args.backbone_sdpa, trace_dir=args.trace_dir,
                                 cuda_graphs=graphs == "on", mask_render=mask_render)  # fmt: skip
                 rec["grad_checkpointing_is_recipe"] = grad_ckpt == recipe_ckpt.get(variant, False)
+                rec["same_draws"] = bool(args.same_draws)
                 print(json.dumps({k: v for k, v in rec.items() if k not in ("ms_per_step_all", "detail", "profile")}),
                       flush=True)  # fmt: skip
                 if "profile" in rec:

@@ -4,6 +4,7 @@
 # Usage: [METHOD=zipsplat-small] [STEPS=30] gpu_ns_train_smoke.sh TIMEOUT_S [extra ns-train arguments]
 # Writes ns_train_compile_<method>.log and the run's per-step metrics to $OUT. The shards go to /tmp/syn once and are
 # reused, so two methods can run side by side after one of them (or `zipsplat-ns synth`) has made them.
+# SYNTH_SCENES (default 40) sets how many synthetic scenes are made on first use.
 # Called by gpu_train_speed.sh and gpu_bench_session.sh.
 set -u
 : "${OUT:?set OUT}"
@@ -12,7 +13,7 @@ shift
 method=${METHOD:-zipsplat-small}
 S=${STEPS:-30}
 if [ ! -f /tmp/syn/.smoke-ready ]; then
-  zipsplat-ns synth --output /tmp/syn --num-scenes 40 --views 32 --size 252 --num-workers 12 > /tmp/synth.log 2>&1 \
+  zipsplat-ns synth --output /tmp/syn --num-scenes "${SYNTH_SCENES:-40}" --views 32 --size 252 --num-workers 12 > /tmp/synth.log 2>&1 \
     && touch /tmp/syn/.smoke-ready
 fi
 log="$OUT/ns_train_compile_$method.log"
