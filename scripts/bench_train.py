@@ -36,8 +36,8 @@ REFERENCE = {
     "giant": {"ms_per_step": [355, 413], "images_per_s": [58, 68], "peak_memory_gb": 46.7},
     "small": {"ms_per_step": 96, "images_per_s": 250},
 }
-MASK_RENDER_DEFAULT = (8, 1, 16)  # the model's defaults: mask_render_chunk, _downscale, _tile_size
-MASK_RENDER_KEYS = ("mask_render_chunk", "mask_render_downscale", "mask_render_tile_size")
+MASK_RENDER_DEFAULT = (8, 1)  # the model's defaults: mask_render_chunk, mask_render_downscale
+MASK_RENDER_KEYS = ("mask_render_chunk", "mask_render_downscale")
 TARGETS = {
     "giant": {"images_per_s_min": 70, "peak_memory_gb_max": 46.7},
     "small": {"images_per_s_min": 400},
@@ -45,13 +45,12 @@ TARGETS = {
 S = 252
 
 
-def parse_mask_render(spec: str) -> "tuple[int, int, int]":
-    """``CHUNK:DOWNSCALE[:TILE]`` -> the model's (mask_render_chunk, mask_render_downscale, mask_render_tile_size)."""
+def parse_mask_render(spec: str) -> "tuple[int, int]":
+    """``CHUNK:DOWNSCALE`` -> the model's (mask_render_chunk, mask_render_downscale)."""
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
-        raise SystemExit(f"--mask-render {spec!r}: expected CHUNK:DOWNSCALE or CHUNK:DOWNSCALE:TILE (whole numbers)")
-    vals = [int(p) for p in parts] + list(MASK_RENDER_DEFAULT[len(parts):])
-    return vals[0], vals[1], vals[2]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise SystemExit(f"--mask-render {spec!r}: expected CHUNK:DOWNSCALE (whole numbers)")
+    return int(parts[0]), int(parts[1])
 
 
 def make_batch(B: int, V: int, Vt: int, device: torch.device, seed: int):
@@ -169,7 +168,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
               config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default",
               trace_dir: "Path | None" = None, cuda_graphs: bool = False,
-              mask_render: "tuple[int, int, int]" = MASK_RENDER_DEFAULT) -> dict:  # fmt: skip
+              mask_render: "tuple[int, int]" = MASK_RENDER_DEFAULT) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -347,11 +346,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"],
                     help="the model's cuda_graphs (the ViT backbone's forward and backward replayed as CUDA graphs; "
                          "captured in the warm-up steps), one configuration each")  # fmt: skip
-    ap.add_argument("--mask-render", nargs="+", default=["%d:%d:%d" % MASK_RENDER_DEFAULT],
-                    metavar="CHUNK:DOWNSCALE[:TILE]",
+    ap.add_argument("--mask-render", nargs="+", default=["%d:%d" % MASK_RENDER_DEFAULT], metavar="CHUNK:DOWNSCALE",
                     help="the activated mask's context renders: views per rasterizer call (the model's "
-                         "mask_render_chunk), downscale (mask_render_downscale) and gsplat tile size "
-                         "(mask_render_tile_size, default 16), one configuration each")  # fmt: skip
+                         "mask_render_chunk) and downscale (mask_render_downscale), one configuration each")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--trace-dir", type=Path, default=None,

@@ -3,7 +3,7 @@
 
 For the Gaussians that a randomly initialised network predicts on ``bench_train.py``'s batch (the state a training
 run starts from), render every context view in depth for the activated mask with each ``DOWNSCALE:TILE`` setting
-(the model's ``mask_render_downscale`` and ``mask_render_tile_size``) and report:
+(the model's ``mask_render_downscale``, and gsplat's tile size: ``render(tile_size=...)``) and report:
 
 - gsplat's (Gaussian, tile) intersections, the work of its tile-intersection kernels and radix sort;
 - the renders' GPU time (median of repeated calls, CUDA events; no gradient, as in training);

@@ -21,8 +21,7 @@ for L in ${LAYOUTS:-1x24 4x6}; do
   echo "bench $L rc=$?"; python -c "
 import json, sys
 for r in json.load(open(sys.argv[1]))['results']:
-    print({k: r.get(k) for k in ('views', 'mask_render_chunk', 'mask_render_downscale', 'mask_render_tile_size',
-           'ms_per_step_median',
+    print({k: r.get(k) for k in ('views', 'mask_render_chunk', 'mask_render_downscale', 'ms_per_step_median',
            'images_per_s', 'images_per_s_cold', 'peak_memory_gb', 'gaussians_per_step_mean', 'ok', 'error')})
 " "$OUT/small_${L}_compile_graphs.json"
 done

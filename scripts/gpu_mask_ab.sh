@@ -20,7 +20,7 @@ for alloc in ${ALLOCS:-default expandable}; do
   python -c "
 import json, sys
 for r in json.load(open(sys.argv[1]))['results']:
-    m = ':'.join(str(r.get(k)) for k in ('mask_render_chunk', 'mask_render_downscale', 'mask_render_tile_size'))
+    m = ':'.join(str(r.get(k)) for k in ('mask_render_chunk', 'mask_render_downscale'))
     print(m, {k: (round(r[k], 1) if isinstance(r.get(k), float) else r.get(k)) for k in
               ('ms_per_step_median', 'ms_per_step_median_cold', 'images_per_s', 'peak_memory_gb',
                'gaussians_per_step_mean', 'warmup_s_total', 'error')})

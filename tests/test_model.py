@@ -358,34 +358,6 @@ def test_mask_render_downscale_renders_the_context_views_smaller():
         bad({**inputs, "has_depth": batch["has_depth"]})
 
 
-def test_mask_render_tile_size_is_passed_to_the_context_renders(monkeypatch):
-    """``mask_render_tile_size`` (opt-in): the context renders for the mask use that tile size (the target render keeps
-    gsplat's 16) and the mask is the loss module's function of such renders; out-of-range sizes are refused when the
-    model is built. (What a tile size changes in an image: tests/test_render.py.)"""
-    import zipsplat_ns.models.zipsplat_model as zm
-    from zipsplat_ns.losses import activated_mask
-
-    calls = []
-
-    def spy(*args, **kw):
-        calls.append((kw["mode"], kw.get("tile_size", 16)))
-        return render(*args, **kw)
-
-    monkeypatch.setattr(zm, "render", spy)
-    inputs, batch = make_batch(B=1, Vc=3)
-    m = make_model(mask_render_tile_size=32, mask_render_chunk=2)
-    m.train()
-    out = m({**inputs, "has_depth": batch["has_depth"]})
-    assert calls == [("RGB+D", 16), ("D", 32), ("D", 32)]  # target, then the context views in chunks of 2
-    g = m._gaussians_of(out).detach()
-    ccam, cpose = Camera(inputs["context_camera"]).scale(1 / 3), Pose(inputs["context_pose"])
-    direct = activated_mask([render(g, ccam, cpose, mode="D", backend="torch", tile_size=32), m._target_render_of(out)])
-    assert torch.equal(direct, out["activated"])
-    for bad in (0, 33):
-        with pytest.raises(ValueError, match=r"mask_render_tile_size must be in \[1, 32\]"):
-            make_model(mask_render_tile_size=bad)
-
-
 # ---------------------------------------------------------------------------------------- host synchronisations
 def test_training_step_checks_its_inputs_once_with_clear_errors(monkeypatch):
     """The step reads its inputs' checks from the device once (``_check_inputs``); renders and camera / pose objects

@@ -53,7 +53,7 @@ from zipsplat_ns.gaussians import Gaussians
 from zipsplat_ns.losses import LOSS_NAMES, LossConfig, LossTerms, activated_mask, compute_losses
 from zipsplat_ns.ns_cameras import flip_world_points, from_nerfstudio
 from zipsplat_ns.pose import Pose
-from zipsplat_ns.rendering import MAX_TILE_SIZE, RenderOutput, render
+from zipsplat_ns.rendering import RenderOutput, render
 from zipsplat_ns.schedules import sample_compression, use_priors
 
 FROZEN_PREFIXES = ("net.backbone.cam_enc.",)
@@ -138,12 +138,6 @@ class ZipSplatModelConfig(ModelConfig):
     gradient, every context view) are most of a step's rasterization; at N = 2 they have a quarter of the pixels and
     far fewer tile intersections, and the mask's tests run on N x N-pixel cells. 1 = full size (the definition in
     zipsplat_ns/losses.py)."""
-    mask_render_tile_size: int = 16
-    """Ours, opt-in: gsplat's tile size (pixels per side, 1-32) for the activated mask's context renders. 32 quarters
-    the tiles, so a Gaussian of radius r px meets about (2r/32 + 1)^2 tiles instead of (2r/16 + 1)^2, and gsplat
-    builds and sorts that many fewer (Gaussian, tile) pairs, most of these renders' cost. The image is the same but for
-    the faint tails beyond a Gaussian's 3-sigma box that a covered tile lets through (alpha < 0.011 x opacity).
-    16 = gsplat's default (the definition in zipsplat_ns/losses.py)."""
     render_downscale: int = 1
     """Render and supervise the target views at 1/N of the input size in training (CPU demos; 1 = the recipe)."""
     loss: LossConfig = field(default_factory=LossConfig)
@@ -245,11 +239,6 @@ class ZipSplatModel(SplatfactoModel):
             raise ValueError(f"mask_render_chunk must be >= 1 (context views per render call), got {cfg.mask_render_chunk}")
         if int(cfg.mask_render_downscale) < 1:
             raise ValueError(f"mask_render_downscale must be >= 1 (1 = full size), got {cfg.mask_render_downscale}")
-        if not 1 <= int(cfg.mask_render_tile_size) <= MAX_TILE_SIZE:
-            raise ValueError(
-                f"mask_render_tile_size must be in [1, {MAX_TILE_SIZE}] pixels (16 = gsplat's default), "
-                f"got {cfg.mask_render_tile_size}"
-            )
         for name, p in self.net.named_parameters():
             full = "net." + name
             if full.startswith(FROZEN_PREFIXES) or full in FROZEN_NAMES:
@@ -388,10 +377,9 @@ class ZipSplatModel(SplatfactoModel):
                 knob = "render_downscale x mask_render_downscale" if mds > ds else "render_downscale"
                 csize = _downscaled_size(chk["context_size"], mds, "context", knob)
                 cams_ds = ccams.scale(1.0 / mds) if mds > 1 else ccams
-                tile = int(cfg.mask_render_tile_size)
                 for v0 in range(0, V, step):
                     crender = render(gd, cams_ds[:, v0 : v0 + step], cposes[:, v0 : v0 + step], mode="D",
-                                     backend=backend, image_size=csize, tile_size=tile)  # fmt: skip
+                                     backend=backend, image_size=csize)  # fmt: skip
                     activated |= activated_mask([crender], **mask_kw)
 
         out: Dict[str, Any] = {
