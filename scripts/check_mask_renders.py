@@ -8,7 +8,8 @@ run starts from), render every context view in depth for the activated mask with
 - gsplat's (Gaussian, tile) intersections, the work of its tile-intersection kernels and radix sort;
 - the renders' GPU time (median of repeated calls, CUDA events; no gradient, as in training);
 - how the mask differs from the default's (16-pixel tiles, full size): flags that flip, and for a tile size alone,
-  how much the depth images differ (only the faint tails beyond a Gaussian's 3-sigma box can).
+  how much the depth images differ (only the faint tails beyond a Gaussian's 3-sigma box can);
+- that a depth-only render (which skips gsplat's SH evaluation) equals the depth channel of an RGB+D render.
 
     python scripts/check_mask_renders.py --output benchmarks/.../check_mask_renders.json
 """
@@ -82,6 +83,9 @@ def main() -> None:
                                    tile_size=tile, rasterize_mode="classic", eps2d=0.3)  # fmt: skip
         return int(meta["flatten_ids"].numel())
 
+    with torch.no_grad():  # depth-only renders skip gsplat's SH evaluation: the same depth as RGB+D's channel?
+        d_only = render(g, ccam[:, :8], cpose[:, :8], mode="D", image_size=(S, S)).images
+        d_of_rgbd = render(g, ccam[:, :8], cpose[:, :8], mode="RGB+D", image_size=(S, S)).images[..., 3:4, :, :]
     radii = target.info["radii"].float()
     rec = {"what": __doc__.strip().splitlines()[0], "device": torch.cuda.get_device_name(0) if cuda else "cpu",
            "torch": torch.__version__,
@@ -89,6 +93,7 @@ def main() -> None:
            "compression": args.compression, "gaussians": int(g.means.shape[1]), "chunk": args.chunk,
            "target_view_radius_px": {"median": float(radii[radii > 0].median()), "mean": float(radii[radii > 0].mean()),
                                      "p90": float(radii[radii > 0].quantile(0.9))},
+           "depth_only_vs_rgbd_depth_max_abs": float((d_only - d_of_rgbd).abs().max()),
            "settings": []}  # fmt: skip
     base_imgs = None
     base_mask = None

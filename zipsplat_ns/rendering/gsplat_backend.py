@@ -61,6 +61,10 @@ def render_gsplat(
     """Render ``B`` scenes: means ``(B, N, 3)``, cameras ``(B, V, ...)``. Returns ``(B, V, H, W, C)`` and alphas."""
     from gsplat import rasterization
 
+    if mode == "D":
+        # depth alone: gsplat replaces the colours by the depths, so skip its SH evaluation (camera inverses,
+        # per-view directions, the SH kernel) with a 1-channel dummy colour; the image is the same
+        sh, sh_degree = means.new_zeros(means.shape[:-1] + (1,)), None
     kwargs = dict(
         width=width, height=height, sh_degree=sh_degree, render_mode=mode, packed=False,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip, rasterize_mode="classic",
