@@ -534,3 +534,36 @@ def test_cuda_graphs_run_eager_beyond_max_signatures(caplog):
     assert torch.equal(y1, lin(x)) and torch.equal(y2, lin(2 * x))
     assert cache.eager_calls == 2 and cache.captures == 0
     assert sum("further layouts run eager" in r.message for r in caplog.records) == 1
+
+
+def test_cuda_graph_captures_are_thread_local(monkeypatch):
+    """Captures run in ``thread_local`` mode, so the DataLoader's pin-memory thread (and the viewer's render thread)
+    cannot invalidate them (the ``global`` default failed ``ns-train`` with cuda_graphs on an H100). With a torch that
+    takes ``capture_error_mode`` it is passed; with one that does not, ``torch.cuda.graph`` defaults to it during the
+    call and is restored afterwards."""
+    import inspect
+
+    from zipsplat_ns.models import cuda_graphs
+
+    original_graph = torch.cuda.graph
+    seen = {}
+
+    def new_api(callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None,
+                capture_error_mode="global"):  # fmt: skip
+        seen["new"] = capture_error_mode
+        return "graphed"
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", new_api)
+    assert cuda_graphs.make_graphed_callables_thread_local(None, ()) == "graphed"
+    assert seen["new"] == "thread_local"
+
+    def old_api(callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
+        seen["old_graph_mode"] = inspect.signature(torch.cuda.graph).parameters["capture_error_mode"].default
+        seen["old_graph_swapped"] = torch.cuda.graph is not original_graph
+        raise RuntimeError("capture failed")  # the original torch.cuda.graph is restored on errors too
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", old_api)
+    with pytest.raises(RuntimeError, match="capture failed"):
+        cuda_graphs.make_graphed_callables_thread_local(None, ())
+    assert seen["old_graph_mode"] == "thread_local" and seen["old_graph_swapped"]
+    assert torch.cuda.graph is original_graph

@@ -31,6 +31,7 @@ replay of any graph of that cache.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional
@@ -44,6 +45,31 @@ logger = logging.getLogger(__name__)
 def _run(module: nn.Module, fn: Optional[Callable[..., Any]], args) -> Any:
     """``fn(module, *args)``, or ``module(*args)`` without ``fn``: the function a cache graphs (and runs eager)."""
     return fn(module, *args) if fn is not None else module(*args)
+
+
+def make_graphed_callables_thread_local(*args: Any, **kwargs: Any) -> Any:
+    """``torch.cuda.make_graphed_callables`` with its captures in ``thread_local`` mode.
+
+    Its default, ``global``, lets a CUDA call from *any* host thread invalidate a capture, and training has such
+    threads: the DataLoader's pin-memory thread (``cudaHostAlloc`` for every prefetched batch) and the viewer's render
+    thread. ``ns-train zipsplat-small --pipeline.model.cuda-graphs True`` failed that way on an H100 at its 17th step,
+    in a new layout's capture (``cudaErrorStreamCaptureInvalidated``, benchmarks/bench_train_mask_settings/).
+    ``thread_local`` restricts only the capturing thread. Newer torch releases (2.14 here) take ``capture_error_mode``;
+    older ones (2.11 on the GPU machine) build their captures with ``torch.cuda.graph(...)``, whose default mode is
+    set here for the duration of the call.
+    """
+    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
+        return torch.cuda.make_graphed_callables(*args, capture_error_mode="thread_local", **kwargs)
+    original = torch.cuda.graph
+
+    def graph_thread_local(cuda_graph, pool=None, stream=None, capture_error_mode: str = "thread_local", **kw):
+        return original(cuda_graph, pool=pool, stream=stream, capture_error_mode=capture_error_mode, **kw)
+
+    torch.cuda.graph = graph_thread_local
+    try:
+        return torch.cuda.make_graphed_callables(*args, **kwargs)
+    finally:
+        torch.cuda.graph = original
 
 
 class _Call(nn.Module):
@@ -138,7 +164,7 @@ class GraphCache:
         call = _Call(self.module, present, self.fn)
         call.train(self.module.training)
         sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args if a is not None)
-        graphed = torch.cuda.make_graphed_callables(
+        graphed = make_graphed_callables_thread_local(
             call, sample, num_warmup_iters=self.num_warmup_iters, allow_unused_input=True, pool=self._pool
         )
         self.captures += 1
