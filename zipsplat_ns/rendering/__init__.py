@@ -6,7 +6,8 @@ Conventions shared by both backends (and the ZipSplat reference):
 - pixel centres at ``+0.5``; all cameras of one scene share one image size;
 - classic (non-antialiased) EWA splatting, ``eps2d = 0.3``, near 0.01, far 1e10, 16-pixel tiles (a Gaussian
   reaches the pixels of the tiles that its 3-sigma box overlaps; ``tile_size`` 32 quarters the tiles, so gsplat
-  builds and sorts fewer (Gaussian, tile) pairs, and changes only the faint tails that a covered tile lets through);
+  builds and sorts fewer (Gaussian, tile) pairs, but shades more per tile: on an H100 it made the activated mask's
+  renders 2.2x slower, benchmarks/bench_train_mask_settings/; it changes only the faint tails beyond the box);
 - modes: ``RGB`` colour; ``D`` *accumulated* depth ``sum_i w_i z_i``; ``ED`` expected depth ``D / alpha``;
   ``RGB+D`` and ``RGB+ED`` concatenate both (4 channels);
 - the background is composited afterwards on the colour channels only: ``rgb + (1 - alpha) * background``;
