@@ -271,9 +271,9 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 mask = tuple(mask_render)
+                mask_tag = "_mask" + "x".join(map(str, mask)) if mask != MASK_RENDER_DEFAULT else ""
                 name = (f"{variant}_{B}x{V}_{'compile' if compile_net else 'eager'}_ckpt{int(grad_ckpt)}"
-                        f"{'_graphs' if cuda_graphs else ''}"
-                        f"{'_mask' + 'x'.join(map(str, mask)) if mask != MASK_RENDER_DEFAULT else ''}.json")  # fmt: skip
+                        f"{'_graphs' if cuda_graphs else ''}{mask_tag}.json")  # fmt: skip
                 prof.export_chrome_trace(str(trace_dir / name))
                 rec["trace"] = name
         if timer is not None:

@@ -45,7 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("check_mask_renders.py: no CUDA GPU here (gsplat renders on CUDA only); --device cpu smoke-tests")
+        raise SystemExit("check_mask_renders.py: no CUDA GPU here (gsplat renders on CUDA only); "
+                         "--device cpu smoke-tests the script")
 
     from zipsplat_ns.camera import Camera
     from zipsplat_ns.losses import activated_mask
@@ -95,7 +96,6 @@ def main() -> None:
                                      "p90": float(radii[radii > 0].quantile(0.9))},
            "depth_only_vs_rgbd_depth_max_abs": float((d_only - d_of_rgbd).abs().max()),
            "settings": []}  # fmt: skip
-    base_imgs = None
     base_mask = None
     by_ds = {}
     with torch.no_grad():
@@ -114,10 +114,11 @@ def main() -> None:
             mask = activated_mask([target, *renders])
             imgs = torch.cat([r.images for r in renders], 1)
             s = {"downscale": ds, "tile_size": tile, "intersections": intersections(ds, tile),
-                 "render_ms_median": round(statistics.median(times), 3) if times else None, "render_ms_all": [round(t, 3) for t in times],
+                 "render_ms_median": round(statistics.median(times), 3) if times else None,
+                 "render_ms_all": [round(t, 3) for t in times],
                  "activated_fraction": float(mask.float().mean())}  # fmt: skip
             if base_mask is None:
-                base_mask, base_imgs = mask, imgs
+                base_mask = mask
             s["mask_flags_differing_from_first"] = int((mask != base_mask).sum())
             s["mask_flags_differing_fraction"] = float((mask != base_mask).float().mean())
             if ds in by_ds and by_ds[ds][0] == 16:  # the same size with 16-pixel tiles: what the tile size changes
