@@ -43,6 +43,10 @@ def main() -> None:
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (torch renderer, no counts)")
     args = ap.parse_args()
+    for spec in args.settings:
+        parts = spec.split(":")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts) or int(parts[1]) > 32:
+            raise SystemExit(f"--settings {spec!r}: expected DOWNSCALE:TILE, positive whole numbers, TILE at most 32")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("check_mask_renders.py: no CUDA GPU here (gsplat renders on CUDA only); "
