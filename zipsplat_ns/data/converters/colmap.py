@@ -25,15 +25,15 @@ from zipsplat_ns.data.converters.common import (
     ConvertError,
     ConvertReport,
     ImageOps,
+    SceneProgress,
     SceneSkipped,
-    SplitWriters,
+    SceneSource,
     build_scene,
     check_rotation,
-    finish,
+    convert_scenes,
     make_K,
     pose_row,
     process_view,
-    progress_bar,
     sanitize_key,
     w2c_to_c2w,
     writer_kwargs,
@@ -414,37 +414,30 @@ def convert_colmap(
                 "each with cameras.bin/.txt and images.bin/.txt) nor in its sub-folders"
             )
     ops = ImageOps(undistort=True, max_size=max_size, downscale=downscale)
-    report = ConvertReport("colmap", str(src))
-    with (
-        progress_bar(progress) as prog,
-        SplitWriters({"all": Path(dst)}, report, **writer_kwargs(shard_size_mb, overwrite)) as out,
-    ):
-        t_scenes = prog.add_task("scenes", total=len(scenes))
-        for scene_dir, model_dir in scenes:
-            key = sanitize_key(scene_dir.resolve().name)
-            t = prog.add_task(f"  {key}", total=None)
-            try:
-                scene, skipped = colmap_scene(
-                    key,
-                    scene_dir,
-                    model_dir,
-                    scene_dir / images,
-                    ops,
-                    tick_total=lambda n: prog.update(t, total=n),
-                    tick=lambda: prog.advance(t),
-                    min_views=min_views,
-                )
-            except SceneSkipped as exc:
-                if len(scenes) == 1:
-                    raise ConvertError(f"convert colmap: {scene_dir}: {exc.reason}") from exc
-                report.skip(key, exc.reason)
-            else:
-                out.add("all", scene, skipped)
-            prog.remove_task(t)
-            prog.advance(t_scenes)
-        if report.num_converted == 0:
-            finish(report, str(src))
-    return report
+
+    def one(source: SceneSource, progress: SceneProgress):
+        scene_dir, model_dir = source.item
+        return colmap_scene(
+            source.key,
+            scene_dir,
+            model_dir,
+            scene_dir / images,
+            ops,
+            tick_total=progress.set_total,
+            tick=progress.tick,
+            min_views=min_views,
+        )
+
+    sources = [SceneSource(sanitize_key(d.resolve().name), (d, md)) for d, md in scenes]
+    return convert_scenes(
+        ConvertReport("colmap", str(src)),
+        {"all": Path(dst)},
+        sources,
+        one,
+        what=str(src),
+        writer=writer_kwargs(shard_size_mb, overwrite),
+        progress=progress,
+    )
 
 
 @dataclass

@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -449,6 +449,61 @@ def finish(report: ConvertReport, what: str) -> ConvertReport:
     if report.num_converted == 0:
         reasons = "; ".join(f"{k}: {r}" for k, r in report.skipped[:10]) or "no scenes found"
         raise ConvertError(f"convert {report.fmt}: nothing converted from {what} ({reasons})", report)
+    return report
+
+
+class SceneSource(NamedTuple):
+    """One scene for :func:`convert_scenes`: its key, what the converter reads it from, and its output split."""
+
+    key: str
+    item: Any
+    split: str = "all"
+    label: str = ""
+    """Prefixed to the scene's skip reason (the file the reason is about), if any."""
+
+
+class SceneProgress(NamedTuple):
+    """A scene's line in the progress display; converters set its frame count and advance it per frame."""
+
+    prog: Any
+    task: Any
+
+    def set_total(self, n: int) -> None:
+        self.prog.update(self.task, total=n)
+
+    def tick(self) -> None:
+        self.prog.advance(self.task)
+
+
+def convert_scenes(
+    report: ConvertReport,
+    dirs: Dict[str, Path],
+    scenes: Sequence[SceneSource],
+    convert_one: Callable[[SceneSource, SceneProgress], Tuple[RawScene, Sequence[Tuple[str, str]]]],
+    *,
+    what: str,
+    writer: Dict,
+    progress: bool = True,
+) -> ConvertReport:
+    """The scene loop of the multi-scene converters.
+
+    ``convert_one(source, progress)`` returns ``(scene, skipped_frames)`` or raises :class:`SceneSkipped`. A skipped
+    scene is recorded with its reason and the run goes on; converted scenes go to their split's shards. When nothing
+    was converted, :func:`finish` raises inside the writers' context, so no shard of the failed run is left behind.
+    """
+    with progress_bar(progress) as prog, SplitWriters(dirs, report, **writer) as out:
+        t_scenes = prog.add_task("scenes", total=len(scenes))
+        for source in scenes:
+            task = prog.add_task(f"  {source.key[:24]}", total=None)
+            try:
+                scene, skipped = convert_one(source, SceneProgress(prog, task))
+            except SceneSkipped as exc:
+                report.skip(source.key, f"{source.label}: {exc.reason}" if source.label else exc.reason)
+            else:
+                out.add(source.split, scene, skipped)
+            prog.remove_task(task)
+            prog.advance(t_scenes)
+        finish(report, what)
     return report
 
 

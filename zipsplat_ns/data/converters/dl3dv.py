@@ -22,11 +22,11 @@ from zipsplat_ns.data.converters.common import (
     ConvertError,
     ConvertReport,
     ImageOps,
+    SceneProgress,
     SceneSkipped,
-    SplitWriters,
-    finish,
+    SceneSource,
+    convert_scenes,
     load_json,
-    progress_bar,
     sanitize_key,
     writer_kwargs,
 )
@@ -127,49 +127,46 @@ def convert_dl3dv(
         max_size=max_size,
         passthrough=not crop_principal_point,
     )
-    report = ConvertReport("dl3dv", str(src))
-    dirs = {"train": Path(dst) / "train-scenes", "test": Path(dst) / "test-scenes"}
-    with progress_bar(progress) as prog, SplitWriters(dirs, report, **writer_kwargs(shard_size_mb, overwrite)) as out:
-        t_scenes = prog.add_task("scenes", total=len(zips))
-        for zp in zips:
-            key = sanitize_key(zp.stem)
-            split = "test" if zp.stem in test else "train"
-            t = prog.add_task(f"  {key[:16]}", total=None)
+
+    def one(source: SceneSource, progress: SceneProgress):
+        zp = source.item
+        try:
+            zf = zipfile.ZipFile(zp)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SceneSkipped(f"not a readable zip ({exc})") from exc
+        with zf:
+            tfs = [n for n in zf.namelist() if PurePosixPath(n).name == "transforms.json"]
+            if not tfs:
+                raise SceneSkipped("no transforms.json in the zip")
+            tf_name = min(tfs, key=lambda n: (len(PurePosixPath(n).parts), n))
             try:
-                try:
-                    zf = zipfile.ZipFile(zp)
-                except (zipfile.BadZipFile, OSError) as exc:
-                    raise SceneSkipped(f"not a readable zip ({exc})") from exc
-                with zf:
-                    tfs = [n for n in zf.namelist() if PurePosixPath(n).name == "transforms.json"]
-                    if not tfs:
-                        raise SceneSkipped("no transforms.json in the zip")
-                    tf_name = min(tfs, key=lambda n: (len(PurePosixPath(n).parts), n))
-                    try:
-                        tf = json.loads(zf.read(tf_name))
-                    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        raise SceneSkipped(f"{tf_name}: malformed JSON ({exc})") from exc
-                    if isinstance(tf, dict) and isinstance(tf.get("frames"), list):
-                        prog.update(t, total=len(tf["frames"]))
-                    reader = _zip_reader(zf, PurePosixPath(tf_name).parent, image_folder)
-                    meta = {"format": "dl3dv", "source": str(zp.resolve()), "posed": True}
-                    scene, skipped = transforms_scene(
-                        key,
-                        tf,
-                        read_image=reader,
-                        ops=ops,
-                        meta=meta,
-                        tick=lambda: prog.advance(t),
-                        min_views=min_views,
-                    )
-            except SceneSkipped as exc:
-                report.skip(key, f"{zp.name}: {exc.reason}")
-            else:
-                out.add(split, scene, skipped)
-            prog.remove_task(t)
-            prog.advance(t_scenes)
-        if report.num_converted == 0:
-            finish(report, str(src))
+                tf = json.loads(zf.read(tf_name))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise SceneSkipped(f"{tf_name}: malformed JSON ({exc})") from exc
+            if isinstance(tf, dict) and isinstance(tf.get("frames"), list):
+                progress.set_total(len(tf["frames"]))
+            return transforms_scene(
+                source.key,
+                tf,
+                read_image=_zip_reader(zf, PurePosixPath(tf_name).parent, image_folder),
+                ops=ops,
+                meta={"format": "dl3dv", "source": str(zp.resolve()), "posed": True},
+                tick=progress.tick,
+                min_views=min_views,
+            )
+
+    sources = [
+        SceneSource(sanitize_key(zp.stem), zp, "test" if zp.stem in test else "train", label=zp.name) for zp in zips
+    ]
+    report = convert_scenes(
+        ConvertReport("dl3dv", str(src)),
+        {"train": Path(dst) / "train-scenes", "test": Path(dst) / "test-scenes"},
+        sources,
+        one,
+        what=str(src),
+        writer=writer_kwargs(shard_size_mb, overwrite),
+        progress=progress,
+    )
     missing = sorted(test - set(report.splits.get("test", [])))
     if missing and len(missing) < len(test):
         report.notes.append(f"{len(missing)} of the {len(test)} test-split scenes were not converted")

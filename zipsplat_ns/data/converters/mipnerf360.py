@@ -18,10 +18,10 @@ from zipsplat_ns.data.converters.common import (
     ConvertError,
     ConvertReport,
     ImageOps,
+    SceneProgress,
     SceneSkipped,
-    SplitWriters,
-    finish,
-    progress_bar,
+    SceneSource,
+    convert_scenes,
     sanitize_key,
     writer_kwargs,
 )
@@ -55,42 +55,39 @@ def convert_mipnerf360(
     report = ConvertReport("mipnerf360", str(src))
     if absent:
         report.notes.append(f"scenes not in {src}: {', '.join(absent)}")
-    kw = writer_kwargs(shard_size_mb, overwrite, per_scene=True)
-    with progress_bar(progress) as prog, SplitWriters({"all": Path(dst)}, report, **kw) as out:
-        t_scenes = prog.add_task("scenes", total=len(present))
-        for name in present:
-            d = src / name
-            key = sanitize_key(name)
-            t = prog.add_task(f"  {key}", total=None)
-            try:
-                model = find_model_dir(d)
-                if model is None:
-                    raise SceneSkipped(f"no COLMAP model in {d}/sparse/0")
-                scene, skipped = colmap_scene(
-                    key,
-                    d,
-                    model,
-                    d / images,
-                    ops,
-                    fmt="mipnerf360",
-                    tick_total=lambda n: prog.update(t, total=n),
-                    tick=lambda: prog.advance(t),
-                )
-                if skipped:  # the benchmark's index files count positions in the name-sorted list
-                    bad = "; ".join(f"{n}: {why}" for n, why in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-                    raise SceneSkipped(
-                        f"{len(skipped)} unusable frame(s) ({bad}); the MipNeRF360 index files refer to frame "
-                        f"positions, so a scene with a dropped frame would evaluate the wrong views: restore them"
-                    )
-            except SceneSkipped as exc:
-                report.skip(key, exc.reason)
-            else:
-                out.add("all", scene, skipped)
-            prog.remove_task(t)
-            prog.advance(t_scenes)
-        if report.num_converted == 0:
-            finish(report, str(src))
-    return report
+
+    def one(source: SceneSource, progress: SceneProgress):
+        d = source.item
+        model = find_model_dir(d)
+        if model is None:
+            raise SceneSkipped(f"no COLMAP model in {d}/sparse/0")
+        scene, skipped = colmap_scene(
+            source.key,
+            d,
+            model,
+            d / images,
+            ops,
+            fmt="mipnerf360",
+            tick_total=progress.set_total,
+            tick=progress.tick,
+        )
+        if skipped:  # the benchmark's index files count positions in the name-sorted list
+            bad = "; ".join(f"{n}: {why}" for n, why in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+            raise SceneSkipped(
+                f"{len(skipped)} unusable frame(s) ({bad}); the MipNeRF360 index files refer to frame "
+                f"positions, so a scene with a dropped frame would evaluate the wrong views: restore them"
+            )
+        return scene, skipped
+
+    return convert_scenes(
+        report,
+        {"all": Path(dst)},
+        [SceneSource(sanitize_key(name), src / name) for name in present],
+        one,
+        what=str(src),
+        writer=writer_kwargs(shard_size_mb, overwrite, per_scene=True),
+        progress=progress,
+    )
 
 
 @dataclass

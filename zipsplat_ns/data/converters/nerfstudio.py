@@ -21,10 +21,11 @@ from zipsplat_ns.data.converters.common import (
     ConvertError,
     ConvertReport,
     ImageOps,
+    SceneProgress,
     SceneSkipped,
-    SplitWriters,
+    SceneSource,
     build_scene,
-    finish,
+    convert_scenes,
     image_size,
     load_json,
     make_K,
@@ -32,7 +33,6 @@ from zipsplat_ns.data.converters.common import (
     parse_c2w,
     pose_row,
     process_view,
-    progress_bar,
     sanitize_key,
     writer_kwargs,
 )
@@ -191,51 +191,38 @@ def convert_nerfstudio(
         scene_dirs = [src]
     else:
         scene_dirs = find_nerfstudio_scenes(src)
-    single = len(scene_dirs) == 1 and scene_dirs[0] == src
     ops = ImageOps(undistort=undistort, max_size=max_size, downscale=downscale)
-    report = ConvertReport("nerfstudio", str(src))
-    with (
-        progress_bar(progress) as prog,
-        SplitWriters({"all": Path(dst)}, report, **writer_kwargs(shard_size_mb, overwrite)) as out,
-    ):
-        t_scenes = prog.add_task("scenes", total=len(scene_dirs))
-        for d in scene_dirs:
-            key = sanitize_key(d.name)
-            tf_path = d / transforms_name
-            try:
-                tf = load_json(tf_path, str(tf_path))
-            except ValueError as exc:
-                if single:
-                    raise ConvertError(f"convert nerfstudio: {exc}") from exc
-                report.skip(key, str(exc))
-                prog.advance(t_scenes)
-                continue
-            n = len(tf.get("frames", [])) if isinstance(tf, dict) and isinstance(tf.get("frames"), list) else 0
-            t_frames = prog.add_task(f"  {key}", total=n)
-            meta = {"format": "nerfstudio", "source": str(d.resolve()), "posed": True}
-            ply = tf.get("ply_file_path") if isinstance(tf, dict) else None
-            ply = ply if isinstance(ply, str) else ("points3D.ply" if (d / "points3D.ply").is_file() else None)
-            if ply and (d / ply).is_file():
-                meta["points3D"] = ply
-            try:
-                scene, skipped = transforms_scene(
-                    key,
-                    tf,
-                    read_image=_file_reader(d),
-                    ops=ops,
-                    meta=meta,
-                    tick=lambda: prog.advance(t_frames),
-                    min_views=min_views,
-                )
-            except SceneSkipped as exc:
-                report.skip(key, f"{tf_path}: {exc.reason}")
-            else:
-                out.add("all", scene, skipped)
-            prog.remove_task(t_frames)
-            prog.advance(t_scenes)
-        if report.num_converted == 0:
-            finish(report, str(src))
-    return report
+
+    def one(source: SceneSource, progress: SceneProgress):
+        d = source.item
+        tf_path = d / transforms_name
+        try:
+            tf = load_json(tf_path, str(tf_path))
+        except ValueError as exc:  # its message names the file
+            raise SceneSkipped(str(exc)) from exc
+        frames = tf.get("frames") if isinstance(tf, dict) else None
+        progress.set_total(len(frames) if isinstance(frames, list) else 0)
+        meta = {"format": "nerfstudio", "source": str(d.resolve()), "posed": True}
+        ply = tf.get("ply_file_path") if isinstance(tf, dict) else None
+        ply = ply if isinstance(ply, str) else ("points3D.ply" if (d / "points3D.ply").is_file() else None)
+        if ply and (d / ply).is_file():
+            meta["points3D"] = ply
+        try:
+            return transforms_scene(
+                source.key, tf, read_image=_file_reader(d), ops=ops, meta=meta, tick=progress.tick, min_views=min_views
+            )
+        except SceneSkipped as exc:
+            raise SceneSkipped(f"{tf_path}: {exc.reason}") from exc
+
+    return convert_scenes(
+        ConvertReport("nerfstudio", str(src)),
+        {"all": Path(dst)},
+        [SceneSource(sanitize_key(d.name), d) for d in scene_dirs],
+        one,
+        what=str(src),
+        writer=writer_kwargs(shard_size_mb, overwrite),
+        progress=progress,
+    )
 
 
 @dataclass
