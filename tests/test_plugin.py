@@ -86,3 +86,24 @@ def test_public_api_imports_lazily():
                "from zipsplat_ns import Camera, Pose, Gaussians, load_image, load_video; print(Camera.__module__)"])  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "zipsplat_ns.camera"]
+
+
+def test_only_the_nerfstudio_adapters_import_nerfstudio():
+    """The layering the README's "Where things are" states: network, geometry, rendering, losses, data, evaluation and
+    the command-line tools load without nerfstudio; the adapters pull it in."""
+    core = [
+        "zipsplat_ns.models.network", "zipsplat_ns.models.cuda_graphs", "zipsplat_ns.rendering", "zipsplat_ns.losses",
+        "zipsplat_ns.lpips", "zipsplat_ns.metrics", "zipsplat_ns.schedules", "zipsplat_ns.data.dataset",
+        "zipsplat_ns.data.converters", "zipsplat_ns.data.depth", "zipsplat_ns.default_data", "zipsplat_ns.eval.runner",
+        "zipsplat_ns.reconstruct", "zipsplat_ns.cli", "zipsplat_ns.video", "zipsplat_ns.ply",
+    ]  # fmt: skip
+    code = (
+        "import importlib, sys\n"
+        "for m in sys.argv[1:]: importlib.import_module(m)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('nerfstudio')}))\n"
+        "import zipsplat_ns.pipeline\n"
+        "print('nerfstudio' in sys.modules)"
+    )
+    out = run([sys.executable, "-c", code, *core])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
