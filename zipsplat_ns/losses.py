@@ -53,7 +53,7 @@ sees at their centre.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
