@@ -40,6 +40,7 @@ import logging
 import math
 import time
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Type
@@ -191,6 +192,12 @@ class ZipSplatPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ):
         Pipeline.__init__(self)  # not VanillaPipeline.__init__ (single-scene assumptions, find_unused_parameters=True)
+        # nerfstudio's trainer logs the loss dict it has just back-propagated with float(); recent torch warns about
+        # that ("Converting a tensor with requires_grad=True to a scalar") on every run. Nothing to act on: silence it
+        # for nerfstudio's writer only.
+        warnings.filterwarnings(
+            "ignore", message="Converting a tensor with requires_grad=True", module=r"nerfstudio\.utils\.writer"
+        )
         self.config = config
         self.test_mode = test_mode
         self.world_size = int(world_size)
