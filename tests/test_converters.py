@@ -4,6 +4,7 @@ their sparse points, and bad inputs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,16 @@ def test_colmap_bad_inputs(tmp_path):
     (tmp_path / "y" / "images" / "img_001.png").unlink()
     rep = convert_colmap(tmp_path / "y", tmp_path / "o", progress=False)
     assert rep.num_views == 1 and rep.skipped_frames["y"] == [("img_001.png", "image file missing")]
+    # a scene that cannot be converted: alone, an error naming it and why, and no output; among others, skipped
+    root = tmp_path / "many"
+    write_colmap_scene(root / "good", orbit_poses(2), "PINHOLE", [50, 50, 32, 24], 64, 48)
+    write_colmap_scene(root / "noimages", orbit_poses(2), "PINHOLE", [50, 50, 32, 24], 64, 48)
+    shutil.rmtree(root / "noimages" / "images")
+    with pytest.raises(ConvertError, match=r"nothing converted .*noimages: image folder .*noimages/images is missing"):
+        convert_colmap(root / "noimages", tmp_path / "o2", progress=False)
+    assert not (tmp_path / "o2").exists()
+    rep = convert_colmap(root, tmp_path / "o3", progress=False)
+    assert rep.converted == ["good"] and rep.skipped[0][0] == "noimages" and "is missing" in rep.skipped[0][1]
 
 
 # ---------------------------------------------------------------------------------------------------- MipNeRF360
