@@ -107,9 +107,15 @@ def test_inference_mode_scene_context_and_benchmark(roots, tmp_path):
     assert dm.viewer_scene_key == "te0"
 
 
-def test_config_errors_and_cli(roots):
+def test_config_errors_and_cli(roots, tmp_path):
     with pytest.raises(ValueError, match="no data"):
         ZipSplatDataManagerConfig().setup(device="cpu", test_mode="val")
+    # --data that is not a shard folder: the path, what is wrong and how to make one
+    (tmp_path / "empty").mkdir()
+    for bad, what in ((tmp_path / "nowhere", "is not a directory"), (tmp_path / "empty", "holds neither")):
+        with pytest.raises(FileNotFoundError, match=f"{bad}.* {what}") as err:
+            ZipSplatDataManagerConfig(data=bad).setup(device="cpu", test_mode="val")
+        assert "zipsplat-ns convert" in str(err.value) and "leave --data out" in str(err.value)
     import tyro
 
     synth, other = roots

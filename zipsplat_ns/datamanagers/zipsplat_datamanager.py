@@ -127,17 +127,26 @@ class ZipSplatDataManagerConfig(DataManagerConfig):
     """Base seed of the streams."""
 
 
+_DATA_HINT = (
+    "--data takes a folder of tar shards (or one holding train-scenes/ and test-scenes/): make one with "
+    "`zipsplat-ns convert <format> SRC DST` or `zipsplat-ns synth --output DST`, or leave --data out for the built-in "
+    "synthetic data"
+)
+
+
 def resolve_split_dirs(path: Path) -> Tuple[Optional[Path], Optional[Path]]:
     """``(train dir, test dir)`` of a shard root (``train-scenes``/``test-scenes``) or of a single shard directory."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"ZipSplat data: {path} is not a directory")
+        raise FileNotFoundError(f"ZipSplat data: {path} is not a directory. {_DATA_HINT}")
     train, test = path / "train-scenes", path / "test-scenes"
     if train.is_dir() or test.is_dir():
         return (train if train.is_dir() else None), (test if test.is_dir() else None)
     if list_shards(path):
         return path, path
-    raise FileNotFoundError(f"ZipSplat data: {path} holds neither train-scenes/ nor test-scenes/ nor *.tar shards")
+    raise FileNotFoundError(
+        f"ZipSplat data: {path} holds neither train-scenes/ nor test-scenes/ nor *.tar shards. {_DATA_HINT}"
+    )
 
 
 class ViewerSceneDataset:
