@@ -116,6 +116,9 @@ def test_config_errors_and_cli(roots, tmp_path):
         with pytest.raises(FileNotFoundError, match=f"{bad}.* {what}") as err:
             ZipSplatDataManagerConfig(data=bad).setup(device="cpu", test_mode="val")
         assert "zipsplat-ns convert" in str(err.value) and "leave --data out" in str(err.value)
+    (tmp_path / "empty" / "transforms.json").write_text("{}")  # a nerfstudio scene: the exact command to convert it
+    with pytest.raises(FileNotFoundError, match=f"zipsplat-ns convert nerfstudio {tmp_path / 'empty'} "):
+        ZipSplatDataManagerConfig(data=tmp_path / "empty").setup(device="cpu", test_mode="val")
     import tyro
 
     synth, other = roots

@@ -144,6 +144,11 @@ def resolve_split_dirs(path: Path) -> Tuple[Optional[Path], Optional[Path]]:
         return (train if train.is_dir() else None), (test if test.is_dir() else None)
     if list_shards(path):
         return path, path
+    if (path / "transforms.json").is_file():  # a nerfstudio scene, as ns-process-data writes it
+        raise FileNotFoundError(
+            f"ZipSplat data: {path} is a nerfstudio scene (transforms.json), not shards. Convert it first: "
+            f"`zipsplat-ns convert nerfstudio {path} {path}-shards`, then --data {path}-shards"
+        )
     raise FileNotFoundError(
         f"ZipSplat data: {path} holds neither train-scenes/ nor test-scenes/ nor *.tar shards. {_DATA_HINT}"
     )
