@@ -226,3 +226,18 @@ def test_ns_train_with_compiled_network(env, tmp_path):
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
     assert any(k.startswith("_model.net.backbone.backbone.blocks.0.") for k in sd)  # compiling kept the keys
     assert not any("_orig_mod" in k for k in sd)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a CUDA GPU")
+def test_the_default_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
+    """nerfstudio's default `--machine.device-type cuda` on a CPU machine: one error that names the flag to add, before
+    the built-in data is generated or the network built (torch's own error comes from deep inside `.to()`)."""
+    import copy
+
+    from zipsplat_ns.config import zipsplat_tiny_method
+
+    monkeypatch.setenv("ZIPSPLAT_CACHE", str(tmp_path / "cache"))
+    cfg = copy.deepcopy(zipsplat_tiny_method.config.pipeline)
+    with pytest.raises(RuntimeError, match="finds no CUDA GPU. On a CPU, add --machine.device-type cpu"):
+        cfg.setup(device="cuda:0", test_mode="val", world_size=1, local_rank=0)
+    assert not (tmp_path / "cache").exists()  # nothing generated

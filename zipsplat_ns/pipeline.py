@@ -203,6 +203,12 @@ class ZipSplatPipeline(VanillaPipeline):
         self.world_size = int(world_size)
         self.local_rank = int(local_rank)
         dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():  # before any data generation or model building
+            raise RuntimeError(
+                f"ZipSplat: the device is {device!r} (nerfstudio's default --machine.device-type cuda), but torch "
+                f"{torch.__version__} finds no CUDA GPU. On a CPU, add --machine.device-type cpu (zipsplat-tiny is "
+                "sized for it); on a GPU machine, check the NVIDIA driver and that torch is a CUDA build."
+            )
         if self.world_size > 1 and dev.type == "cuda":
             torch.cuda.set_device(self.local_rank)
         dm_cfg = config.datamanager
