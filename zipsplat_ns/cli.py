@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -210,6 +211,9 @@ def build_command_type():
 
 def entrypoint() -> None:
     """Console-script entry point: parse, run, exit with the command's status; errors print one clear line."""
+    # nerfstudio 1.1.5 decorates functions with torch.jit.script at import (reconstruct and eval write / read
+    # nerfstudio runs); recent torch deprecates that with a FutureWarning the user can do nothing about.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     cmd = tyro.cli(build_command_type(), config=(tyro.conf.OmitSubcommandPrefixes,), prog="zipsplat-ns")
     try:
         code = cmd.main()
