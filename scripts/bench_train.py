@@ -36,8 +36,8 @@ REFERENCE = {
     "giant": {"ms_per_step": [355, 413], "images_per_s": [58, 68], "peak_memory_gb": 46.7},
     "small": {"ms_per_step": 96, "images_per_s": 250},
 }
-MASK_RENDER_DEFAULT = (8, 1)  # the model's defaults: mask_render_chunk, mask_render_downscale
-MASK_RENDER_KEYS = ("mask_render_chunk", "mask_render_downscale")
+MASK_RENDER_DEFAULT = (8, 1, 0)  # the model's defaults: mask_render_chunk, mask_render_downscale, mask_context_views
+MASK_RENDER_KEYS = ("mask_render_chunk", "mask_render_downscale", "mask_context_views")
 TARGETS = {
     "giant": {"images_per_s_min": 70, "peak_memory_gb_max": 46.7},
     "small": {"images_per_s_min": 400},
@@ -45,12 +45,17 @@ TARGETS = {
 S = 252
 
 
-def parse_mask_render(spec: str) -> "tuple[int, int]":
-    """``CHUNK:DOWNSCALE`` -> the model's (mask_render_chunk, mask_render_downscale)."""
+def parse_mask_render(spec: str) -> "tuple[int, int, int]":
+    """``CHUNK:DOWNSCALE[:VIEWS]`` -> the model's (mask_render_chunk, mask_render_downscale, mask_context_views)."""
     parts = spec.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise SystemExit(f"--mask-render {spec!r}: expected CHUNK:DOWNSCALE (whole numbers)")
-    return int(parts[0]), int(parts[1])
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise SystemExit(f"--mask-render {spec!r}: expected CHUNK:DOWNSCALE or CHUNK:DOWNSCALE:VIEWS (whole numbers)")
+    return int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+
+
+def mask_label(mask: "tuple[int, ...]", sep: str = ":") -> str:
+    """``CHUNK:DOWNSCALE[:VIEWS]`` of a mask configuration (VIEWS left out when all views are rendered)."""
+    return sep.join(map(str, mask if len(mask) > 2 and mask[2] else mask[:2]))
 
 
 def make_batch(B: int, V: int, Vt: int, device: torch.device, seed: int):
@@ -168,7 +173,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
               breakdown: bool = False, compile_net: bool = False, profile_steps: int = 0,
               config_index: int = 0, fusion_sdpa: str = "default", backbone_sdpa: str = "default",
               trace_dir: "Path | None" = None, cuda_graphs: bool = False,
-              mask_render: "tuple[int, int]" = MASK_RENDER_DEFAULT) -> dict:  # fmt: skip
+              mask_render: "tuple[int, int, int]" = MASK_RENDER_DEFAULT) -> dict:  # fmt: skip
     from nerfstudio.data.scene_box import SceneBox
 
     from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
@@ -271,7 +276,7 @@ def bench_one(variant: str, B: int, V: int, steps: int, warmup: int, grad_ckpt: 
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 mask = tuple(mask_render)
-                mask_tag = "_mask" + "x".join(map(str, mask)) if mask != MASK_RENDER_DEFAULT else ""
+                mask_tag = "_mask" + mask_label(mask, "x") if mask != MASK_RENDER_DEFAULT else ""
                 name = (f"{variant}_{B}x{V}_{'compile' if compile_net else 'eager'}_ckpt{int(grad_ckpt)}"
                         f"{'_graphs' if cuda_graphs else ''}{mask_tag}.json")  # fmt: skip
                 prof.export_chrome_trace(str(trace_dir / name))
@@ -346,9 +351,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-graphs", nargs="+", choices=["off", "on"], default=["off"],
                     help="the model's cuda_graphs (the ViT backbone's forward and backward replayed as CUDA graphs; "
                          "captured in the warm-up steps), one configuration each")  # fmt: skip
-    ap.add_argument("--mask-render", nargs="+", default=["%d:%d" % MASK_RENDER_DEFAULT], metavar="CHUNK:DOWNSCALE",
+    ap.add_argument("--mask-render", nargs="+", default=["%d:%d" % MASK_RENDER_DEFAULT[:2]],
+                    metavar="CHUNK:DOWNSCALE[:VIEWS]",
                     help="the activated mask's context renders: views per rasterizer call (the model's "
-                         "mask_render_chunk) and downscale (mask_render_downscale), one configuration each")
+                         "mask_render_chunk), downscale (mask_render_downscale) and, optionally, how many context "
+                         "views are drawn for it (mask_context_views; 0 or left out = all), one configuration each")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="after the timed steps, profile this many steps (torch.profiler): top CUDA kernels and CPU ops")
     ap.add_argument("--trace-dir", type=Path, default=None,
@@ -406,7 +413,7 @@ def main(argv=None) -> int:
                     key += ", cuda_graphs"
                 mask = tuple(r.get(k, d) for k, d in zip(MASK_RENDER_KEYS, MASK_RENDER_DEFAULT))
                 if mask != MASK_RENDER_DEFAULT:
-                    key += ", mask_render=" + ":".join(map(str, mask))
+                    key += ", mask_render=" + mask_label(mask)
                 e = per_cfg.setdefault(key, {"best_layout": None, "images_per_s": 0.0,
                                              "peak_memory_gb_max_over_layouts": 0.0,
                                              "grad_checkpointing_is_recipe": r.get("grad_checkpointing_is_recipe")})

@@ -6,6 +6,7 @@
 # intersections reuse address space instead of new cudaMalloc/cudaFree calls, which synchronise). About 5 minutes.
 # ALLOCS=default runs the first half only.
 #   source .gpu/setup.sh && MASKS="8:1 8:4 24:4" bash scripts/gpu_mask_ab.sh
+# A third field draws that many context views for the mask (mask_context_views), e.g. MASKS="24:4 8:4:8 8:1:8".
 set -u
 export PYTHONUNBUFFERED=1
 : "${OUT:?set OUT}"
@@ -20,7 +21,7 @@ for alloc in ${ALLOCS:-default expandable}; do
   python -c "
 import json, sys
 for r in json.load(open(sys.argv[1]))['results']:
-    m = ':'.join(str(r.get(k)) for k in ('mask_render_chunk', 'mask_render_downscale'))
+    m = ':'.join(str(r.get(k, 0)) for k in ('mask_render_chunk', 'mask_render_downscale', 'mask_context_views'))
     print(m, {k: (round(r[k], 1) if isinstance(r.get(k), float) else r.get(k)) for k in
               ('ms_per_step_median', 'ms_per_step_median_cold', 'images_per_s', 'peak_memory_gb',
                'gaussians_per_step_mean', 'warmup_s_total', 'error')})

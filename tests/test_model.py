@@ -327,6 +327,54 @@ def test_activated_mask_is_the_same_for_any_context_render_chunk():
         make_model(mask_render_chunk=0)
 
 
+def test_mask_context_views_renders_a_drawn_subset_of_the_context_views():
+    """``mask_context_views=k`` (opt-in): the mask is the loss module's function of the target render and renders of
+    exactly the k drawn context views, so it flags a subset of the full mask's Gaussians. The draw is sorted, k
+    distinct views, a function of (seed, step) alone (a resumed run redraws it), and changes between steps."""
+    from zipsplat_ns.losses import activated_mask
+
+    inputs, batch = make_batch(B=2, Vc=4)
+    shift = torch.tensor([[0.0, 0.0, 0.0], [0.4, 0.0, 0.0], [0.0, 0.4, 0.0], [-0.4, -0.2, 0.3]])
+    rows = torch.stack([_pose_rows(torch.eye(3), t) for t in shift])
+    inputs["context_pose"] = rows.expand(2, 4, 12).clone()
+    m = make_model(mask_context_views=2)
+    m.train()
+    m.update_to_step(7)
+    views = m._mask_context_views(4)
+    assert views is not None and len(views) == 2 and views == sorted(set(views))
+    out = m({**inputs, "has_depth": batch["has_depth"]})
+    g = m._gaussians_of(out).detach()
+    idx = torch.tensor(views)
+    cam = Camera(inputs["context_camera"][:, idx]).scale(1 / 3)
+    cr = render(g, cam, Pose(inputs["context_pose"][:, idx]), mode="D", backend="torch")
+    assert torch.equal(activated_mask([cr, m._target_render_of(out)]), out["activated"])
+    full = make_model()
+    full.train()
+    full.update_to_step(7)
+    out_full = full({**inputs, "has_depth": batch["has_depth"]})
+    assert torch.equal(out_full["means"], out["means"])  # the same Gaussians: only the mask's views differ
+    a, b = out["activated"], out_full["activated"]
+    assert not (a & ~b).any() and (b & ~a).any()  # a strict subset here
+    # the draw: the same for the same seed and step, whatever came before; other steps draw other views
+    again = make_model(mask_context_views=2)
+    again.update_to_step(7)
+    assert again._mask_context_views(4) == views
+
+    def draws(model):
+        out = []
+        for step in range(20):
+            model.update_to_step(step)
+            out.append(tuple(model._mask_context_views(4)))
+        return out
+
+    assert len(set(draws(m))) > 3
+    m.seed_rng(5)  # another rank's seed draws its own views
+    assert draws(m) != draws(again)
+    assert m._mask_context_views(2) is None and make_model()._mask_context_views(4) is None  # all views
+    with pytest.raises(ValueError, match="mask_context_views"):
+        make_model(mask_context_views=-1)
+
+
 def test_mask_render_downscale_renders_the_context_views_smaller():
     """``mask_render_downscale=2`` (opt-in): the context views' mask renders are at half the (already downscaled)
     size, and the mask is the loss module's function of exactly those renders and the full-size target render."""

@@ -139,6 +139,12 @@ class ZipSplatModelConfig(ModelConfig):
     far fewer tile intersections, and the mask's tests run on N x N-pixel cells. 1 = full size (the definition in
     zipsplat_ns/losses.py). The fastest small step measured: N = 4 with mask_render_chunk 24, one call for all views
     (84-93 ms against 109-156 ms on an H100; benchmarks/bench_train_mask_settings/)."""
+    mask_context_views: int = 0
+    """Ours, opt-in: render only this many of a batch's context views for the activated mask, drawn per step at
+    random without replacement (the same draw for every scene of the batch; deterministic in the seed, rank and
+    step, so a resumed run draws the same views). 0 = all of them (the reference: the mask is an OR over every context and
+    target view). The mask is an OR over views, so fewer views flag a subset of the Gaussians (the rest get chamfer
+    gradients); the renders shrink in proportion. Values >= the view count render all views."""
     render_downscale: int = 1
     """Render and supervise the target views at 1/N of the input size in training (CPU demos; 1 = the recipe)."""
     loss: LossConfig = field(default_factory=LossConfig)
@@ -240,6 +246,8 @@ class ZipSplatModel(SplatfactoModel):
             raise ValueError(f"mask_render_chunk must be >= 1 (context views per render call), got {cfg.mask_render_chunk}")
         if int(cfg.mask_render_downscale) < 1:
             raise ValueError(f"mask_render_downscale must be >= 1 (1 = full size), got {cfg.mask_render_downscale}")
+        if int(cfg.mask_context_views) < 0:
+            raise ValueError(f"mask_context_views must be >= 0 (0 = every context view), got {cfg.mask_context_views}")
         for name, p in self.net.named_parameters():
             full = "net." + name
             if full.startswith(FROZEN_PREFIXES) or full in FROZEN_NAMES:
@@ -249,7 +257,8 @@ class ZipSplatModel(SplatfactoModel):
         self.background_color = self._config_background()
         self.step = 0
         self.seed_points = None
-        self._rng = random.Random(cfg.seed)
+        self._seed = int(cfg.seed)
+        self._rng = random.Random(self._seed)
         self.nonfinite_skipped = 0
         self.distributed = False  # set by the pipeline under DDP
         self._scene: Optional[Gaussians] = None
@@ -264,7 +273,8 @@ class ZipSplatModel(SplatfactoModel):
 
     def seed_rng(self, seed: int) -> None:
         """Reseed the per-step draws (the pipeline offsets the seed by the rank)."""
-        self._rng = random.Random(seed)
+        self._seed = int(seed)
+        self._rng = random.Random(self._seed)
 
     def update_to_step(self, step: int) -> None:
         self.step = int(step)
@@ -378,8 +388,14 @@ class ZipSplatModel(SplatfactoModel):
                 knob = "render_downscale x mask_render_downscale" if mds > ds else "render_downscale"
                 csize = _downscaled_size(chk["context_size"], mds, "context", knob)
                 cams_ds = ccams.scale(1.0 / mds) if mds > 1 else ccams
-                for v0 in range(0, V, step):
-                    crender = render(gd, cams_ds[:, v0 : v0 + step], cposes[:, v0 : v0 + step], mode="D",
+                cposes_m = cposes
+                views = self._mask_context_views(V)
+                if views is not None:  # opt-in subset: index once, then chunk as usual
+                    idx = torch.tensor(views, device=cams_ds.data.device)
+                    cams_ds, cposes_m = Camera(cams_ds.data[:, idx]), Pose(cposes.data[:, idx])
+                n_views = V if views is None else len(views)
+                for v0 in range(0, n_views, step):
+                    crender = render(gd, cams_ds[:, v0 : v0 + step], cposes_m[:, v0 : v0 + step], mode="D",
                                      backend=backend, image_size=csize)  # fmt: skip
                     activated |= activated_mask([crender], **mask_kw)
 
@@ -408,6 +424,16 @@ class ZipSplatModel(SplatfactoModel):
         if activated is not None:
             out["activated"] = activated
         return out
+
+    def _mask_context_views(self, num_views: int) -> Optional[List[int]]:
+        """The sorted context views rendered for the activated mask this step, or None for all of them
+        (``mask_context_views``). Drawn from ``(seed, step)`` alone: no state to checkpoint, and the compression and
+        priors draws are untouched."""
+        k = int(self.config.mask_context_views)
+        if k == 0 or k >= num_views:
+            return None
+        rng = random.Random(f"mask_context_views/{self._seed}/{int(self.step)}")  # str seeds hash with SHA-512
+        return sorted(rng.sample(range(num_views), k))
 
     def _graphed_lpips(self, render: Tensor):
         """With ``cuda_graphs``: the LPIPS-VGG loss network as CUDA graphs (forward + backward per target layout), as
