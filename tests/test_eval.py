@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import tyro
 
 from zipsplat_ns.cli import build_command_type
@@ -297,6 +298,12 @@ def test_run_dir_and_pipeline_paths_agree_with_the_weights_path(tmp_path, bench)
     from zipsplat_ns.eval.runner import EvalOptions, evaluate, net_model_fn, run_benchmark_for_pipeline
 
     run = _make_run_dir(tmp_path / "runs", bench["shards"].parent)
+    # a benchmark named in config.yml (for ns-eval) must not override the one given on the command line: re10k's
+    # shards are not here, so the run would fail if config.yml's re10k were applied
+    original = (run / "config.yml").read_text()
+    saved = yaml.load(original, Loader=yaml.Loader)
+    saved.pipeline.benchmark.name = "re10k"
+    (run / "config.yml").write_text(yaml.dump(saved))
     args = ("eval", "--benchmark", "custom", "--run-dir", str(run), "--index-file", str(bench["index"]), "--shard-dir",
             str(bench["shards"]), "--views", "3", "--preset", "fast", "--refine-steps", "1", "--max-scenes", "1",
             "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path / "o"))  # fmt: skip
@@ -304,6 +311,7 @@ def test_run_dir_and_pipeline_paths_agree_with_the_weights_path(tmp_path, bench)
     rep = json.loads((tmp_path / "o" / "custom_index_with_missing" / "results.json").read_text())
     assert rep["results"]["num_scenes"] == 1 and rep["results"]["num_missing"] == 1
     assert rep["checkpoint"].endswith("step-000000005.ckpt") and rep["results"]["num_gaussians"] == 3 * 324
+    (run / "config.yml").write_text(original)
 
     # the pipeline helper (datamanager.benchmark_items + model.net) == the weights path on the same network
     def set_index(c):

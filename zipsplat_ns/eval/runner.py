@@ -877,6 +877,10 @@ class EvalCommand:
         cfg_path = find_run_config(self.run_dir)
 
         def update(config):
+            # the command line's benchmark wins: a benchmark named in config.yml (pipeline.benchmark, for ns-eval)
+            # would otherwise re-point the datamanager at its own index file and shards when the pipeline is built
+            if hasattr(config.pipeline, "benchmark"):
+                config.pipeline.benchmark.name = None
             dm = config.pipeline.datamanager
             dm.eval_index_file = bench.index_file
             if self.shard_dir is not None or bench.name != CUSTOM:
