@@ -175,6 +175,21 @@ def test_gaussian_properties_empty_then_scene(model):
     assert not any(k.startswith("_scene") for k in model.state_dict())
 
 
+def test_export_at_sh_degree_zero_keeps_the_colours():
+    """At sh_degree 0 splatfacto reads ``features_dc`` as colour logits; ns-export writes ``shs_0`` (f_dc_*) and
+    ``colors`` (rgb mode): both must give the scene's own DC colour, not a sigmoid of its SH coefficient."""
+    m = make_model(sh_degree=0)
+    inputs, _ = make_batch()
+    g = m.set_scene(inputs, compression=0.25)
+    rgb = g.sh[:, 0] * 0.28209479177387814 + 0.5
+    assert m.features_rest.shape == (g.num_gaussians, 0, 3)
+    assert torch.allclose(m.shs_0, g.sh[:, 0]) and torch.allclose(m.colors, rgb, atol=1e-6)
+    assert torch.allclose(torch.sigmoid(m.features_dc), rgb.clamp(1e-6, 1 - 1e-6), atol=1e-5)
+    assert float((rgb - 0.5).abs().max()) > 0.01  # colours that a wrong mapping would change
+    m.clear_scene()
+    assert m.shs_0.shape == (0, 3) and m.colors.shape == (0, 3)
+
+
 def test_viewer_and_export_scene_is_computed_in_fp32_by_default():
     """A model trained with bf16 autocast builds its viewer / export / reconstruct scene in fp32 (the reference's
     inference) unless scene_precision='training' asks for the training precision (CPU autocast stands in for CUDA)."""

@@ -49,7 +49,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModel
 
 from zipsplat_ns.camera import Camera, intrinsics_checks, size_range
-from zipsplat_ns.gaussians import Gaussians
+from zipsplat_ns.gaussians import Gaussians, sh0_to_rgb
 from zipsplat_ns.losses import LOSS_NAMES, LossConfig, LossTerms, activated_mask, compute_losses
 from zipsplat_ns.ns_cameras import flip_world_points, from_nerfstudio
 from zipsplat_ns.pose import Pose
@@ -660,7 +660,7 @@ class ZipSplatModel(SplatfactoModel):
             z = lambda *s: torch.zeros(*s, device=dev)  # noqa: E731
             return {
                 "means": z(0, 3), "scales": z(0, 3), "quats": z(0, 4), "opacities": z(0, 1),
-                "features_dc": z(0, 3), "features_rest": z(0, k - 1, 3),
+                "features_dc": z(0, 3), "features_rest": z(0, k - 1, 3), "shs_0": z(0, 3),
             }  # fmt: skip
         f = g.flip_yz()
         sh = f.sh[:, :k]
@@ -672,7 +672,12 @@ class ZipSplatModel(SplatfactoModel):
             "opacities": torch.log(o / (1 - o))[:, None],
             "features_dc": sh[:, 0, :],
             "features_rest": sh[:, 1:, :],
+            "shs_0": sh[:, 0, :],
         }
+        if self.config.sh_degree == 0:
+            # splatfacto's contract at degree 0: features_dc holds colour logits (its colors / shs_0 apply a sigmoid)
+            rgb = sh0_to_rgb(sh[:, 0, :]).clamp(1e-6, 1 - 1e-6)
+            self._export_cache["features_dc"] = torch.log(rgb / (1 - rgb))
         return self._export_cache
 
     # splatfacto's parametrisation of the selected scene, in the y-up viewer world (empty before set_scene)
@@ -695,6 +700,17 @@ class ZipSplatModel(SplatfactoModel):
     @property
     def features_dc(self) -> Tensor:  # type: ignore[override]
         return self._export()["features_dc"]
+
+    @property
+    def shs_0(self) -> Tensor:  # type: ignore[override]
+        """The DC SH coefficients at every degree (what ns-export writes as f_dc_*; splatfacto derives them from
+        ``features_dc``, through a clamping sigmoid at degree 0)."""
+        return self._export()["shs_0"]
+
+    @property
+    def colors(self) -> Tensor:  # type: ignore[override]
+        """RGB of the DC term (ns-export --ply-color-mode rgb clamps it to [0, 1])."""
+        return sh0_to_rgb(self.shs_0)
 
     @property
     def features_rest(self) -> Tensor:  # type: ignore[override]
