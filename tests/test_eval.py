@@ -341,6 +341,25 @@ def test_run_dir_and_pipeline_paths_agree_with_the_weights_path(tmp_path, bench)
         run_benchmark_for_pipeline(pipe, folder, views=3, refine=ref, max_scenes=1, progress=False)
 
 
+def test_a_run_loads_without_its_starting_weights_file(tmp_path, bench):
+    """ns-eval / ns-viewer / ns-export restore the whole network from the run's checkpoint, so the DA3 file that
+    training started from (``backbone_weights``) is not read and may be gone; training itself still needs it."""
+    pytest.importorskip("nerfstudio")
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    gone = tmp_path / "da3-tiny.safetensors"  # never written
+    run = _make_run_dir(tmp_path / "runs", bench["shards"].parent,
+                        lambda c: setattr(c.pipeline.model, "backbone_weights", str(gone)))  # fmt: skip
+    saved = torch.load(next((run / "nerfstudio_models").glob("*.ckpt")), map_location="cpu")["pipeline"]
+    for mode in ("test", "inference"):
+        config, pipe, _, _ = eval_setup(run / "config.yml", test_mode=mode)
+        assert config.pipeline.model.backbone_weights == str(gone)
+        for k, v in pipe.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+    with pytest.raises(FileNotFoundError, match="da3-tiny.safetensors"):
+        config.pipeline.setup(device="cpu", test_mode="val")
+
+
 @pytest.mark.slow
 def test_ns_eval_runs_the_benchmark_named_in_config_yml(tmp_path, bench):
     """`ns-eval --load-config` runs the protocol of `pipeline.benchmark` (refined poses, exact metrics, missing scenes

@@ -223,8 +223,13 @@ def test_weights_file_by_reference_and_training_run(tmp_path):
     got = Gaussians.load_ply(tmp_path / "out" / "scene.ply").flip_yz()
     assert torch.allclose(got.means, ref.means, atol=1e-4) and torch.allclose(got.opacities, ref.opacities, atol=1e-4)
 
-    # ns-viewer / ns-export refuse a config whose weights no longer match the checkpoint's reference
+    # ns-viewer / ns-export load the referenced weights themselves (the pipeline is built without them) ...
     from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipe, _, _ = eval_setup(tmp_path / "out" / "config.yml", test_mode="inference")
+    assert pipe.model.scene is not None
+    assert torch.allclose(pipe.model.scene.means, ref.means, atol=1e-4)
+    # ... and refuse a config whose weights no longer match the checkpoint's reference
 
     cfg_text = (tmp_path / "out" / "config.yml").read_text().replace(str(wfile.resolve()), str(tmp_path / "other.safetensors"))
     (tmp_path / "out" / "config.yml").write_text(cfg_text)

@@ -228,6 +228,8 @@ class ZipSplatPipeline(VanillaPipeline):
             metadata=train_ds.metadata,
             device=device,
             grad_scaler=grad_scaler,
+            # a checkpoint is loaded next (ns-eval / ns-viewer / ns-export): the starting weights wait for it
+            defer_initial_weights=test_mode in ("test", "inference"),
         )
         self.model.to(device)
         self.model.seed_rng(self._model_seed())
@@ -465,8 +467,9 @@ class ZipSplatPipeline(VanillaPipeline):
         """nerfstudio's loading, plus checkpoints that hold the network weights *by reference*.
 
         ``zipsplat-ns reconstruct`` with released / file / URL weights writes ``{WEIGHTS_REF_KEY: source}`` instead
-        of a copy of the network (5.8 GB for giant); the network was already loaded from ``pipeline.model.weights``
-        when the model was built, and the two must name the same source. In test and inference mode (ns-viewer,
+        of a copy of the network (5.8 GB for giant); the network is then loaded from ``pipeline.model.weights``, and
+        the two must name the same source (in test and inference mode the model is built without its starting
+        weights, which a full checkpoint replaces anyway). In test and inference mode (ns-viewer,
         ns-eval, ns-export) the configured scene is predicted afterwards.
         """
         ref = loaded_state.get(WEIGHTS_REF_KEY)
@@ -477,6 +480,7 @@ class ZipSplatPipeline(VanillaPipeline):
                     f"the checkpoint refers to network weights {ref!r} but config.yml has pipeline.model.weights = "
                     f"{want!r}; restore that field or run zipsplat-ns reconstruct again"
                 )
+            self.model.load_initial_weights()
             self.model.update_to_step(step)
         else:
             super().load_pipeline(loaded_state, step)

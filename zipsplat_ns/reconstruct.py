@@ -365,6 +365,7 @@ class ReconstructCommand:
             torch.manual_seed(plan.random_seed)
         t0 = time.perf_counter()
         pipeline = cfg.pipeline.setup(device=device, test_mode="inference")
+        pipeline.model.load_initial_weights()  # no checkpoint to restore here: the weights themselves
         pipeline.eval()
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()

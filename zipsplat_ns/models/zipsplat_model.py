@@ -226,10 +226,15 @@ class ZipSplatModel(SplatfactoModel):
         precision = cfg.precision
         if precision == "auto":
             precision = "amp-bf16" if device.type == "cuda" else "fp32"
+        # a pipeline that restores a checkpoint next (ns-eval / ns-viewer / ns-export) defers the starting weights:
+        # the checkpoint holds the whole network, so the training run's DA3 or released file need not be read, nor
+        # even exist any more; a checkpoint that names its weights by reference loads them then (load_initial_weights)
+        self._initial_weights_deferred = bool(self.kwargs.get("defer_initial_weights", False))
+        defer = self._initial_weights_deferred
         self.net = ZipSplat(
             cfg.variant,
-            weights=cfg.weights,
-            backbone_weights=cfg.backbone_weights,
+            weights=None if defer else cfg.weights,
+            backbone_weights=None if defer else cfg.backbone_weights,
             allow_pickle=cfg.allow_pickle,
             precision=precision,
             grad_checkpointing=cfg.grad_checkpointing,
@@ -267,6 +272,18 @@ class ZipSplatModel(SplatfactoModel):
         self._export_cache: Optional[Dict[str, Tensor]] = None
         self._color_by_token = False
         self._token_colored: Optional[Gaussians] = None
+
+    def load_initial_weights(self) -> None:
+        """Load the configured ``weights`` (else ``backbone_weights``) that the model was built without
+        (``defer_initial_weights``); nothing when they were loaded at build time."""
+        if not self._initial_weights_deferred:
+            return
+        cfg = self.config
+        if cfg.weights is not None:
+            self.net.load_weights(cfg.weights, allow_pickle=cfg.allow_pickle)
+        elif cfg.backbone_weights is not None:
+            self.net.load_backbone_weights(cfg.backbone_weights, allow_pickle=cfg.allow_pickle)
+        self._initial_weights_deferred = False
 
     def _config_background(self) -> Tensor:
         return torch.ones(3) if self.config.background_color == "white" else torch.zeros(3)
