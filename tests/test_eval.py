@@ -161,6 +161,43 @@ def test_bad_index_through_the_cli_is_one_clear_error(tmp_path, bench):
     assert "error:" in out.stderr and "2 context views, expected 3" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_eval_refuses_an_index_it_cannot_measure(tmp_path, bench):
+    """Entries without target views, and an index none of whose scenes is in the shards, are errors that name the
+    index (and the scenes / the shard folder) before anything is evaluated or written."""
+    a, b = bench["scenes"][:2]
+    p = tmp_path / "no_targets.json"
+    p.write_text(json.dumps({a: {"context": [0, 6, 11], "target": [3]}, b: {"context": [0, 6, 11]}}))
+    with pytest.raises(IndexFileError, match=rf"(?s)no_targets.json.*{b}: no .target. views"):
+        cli(*BASE, "--index-file", str(p), "--shard-dir", str(bench["shards"]), "--output-dir", str(tmp_path / "o"))
+    p = tmp_path / "elsewhere.json"
+    p.write_text(json.dumps({"scene-x": {"context": [0, 6, 11], "target": [3]}}))
+    with pytest.raises(FileNotFoundError, match=r"none of the 1 scene\(s\) of .*elsewhere.json is in .*scene-x"):
+        cli(*BASE, "--index-file", str(p), "--shard-dir", str(bench["shards"]), "--output-dir", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_resume_tells_weights_files_apart_by_content(tmp_path, bench):
+    """``--weights FILE``: an output folder resumes only for the same weights, not just the same file name."""
+    from safetensors.torch import save_file
+
+    from zipsplat_ns.models.network import ZipSplat
+
+    wfile = tmp_path / "tiny.safetensors"
+    args = ("eval", "--benchmark", "custom", "--weights", str(wfile), "--variant", "tiny", "--image-size", "56",
+            "--preset", "very_fast", "--refine-steps", "1", "--device", "cpu", "--no-progress", "--max-scenes", "1",
+            "--index-file", str(bench["index"]), "--shard-dir", str(bench["shards"]), "--output-dir",
+            str(tmp_path / "o"))  # fmt: skip
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_file({k: v.contiguous() for k, v in ZipSplat("tiny", image_size=56).state_dict().items()}, str(wfile))
+        if seed == 0:
+            assert cli(*args) == 0
+            assert cli(*args) == 0  # the same weights: resumes
+        else:
+            with pytest.raises(ValueError, match=r"different evaluation \(differs in: checkpoint\)"):
+                cli(*args)
+
+
 # ------------------------------------------------------------------------------------------ metrics + resume
 def _independent_lpips():
     """The lpips package's LPIPS-VGG with the same (offline) VGG16 trunk, or None."""

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from zipsplat_ns.camera import Camera
+from zipsplat_ns.data.samplers import IndexFileError
 from zipsplat_ns.eval.benchmarks import (
     BENCHMARK_NAMES,
     BENCHMARKS,
@@ -497,6 +498,17 @@ def evaluate(
     check = check_index(bench.index_file, [bench.shard_dir], expected_context=bench.views)
     scenes = list(check.scenes)
     missing_list = list(check.missing)
+    no_targets = [k for k in check.index.scenes if len(check.index.get(k).target) == 0]
+    if no_targets:
+        raise IndexFileError(
+            str(bench.index_file), [f"{k}: no 'target' views (evaluation measures the target views)" for k in no_targets]
+        )
+    if not scenes:
+        raise FileNotFoundError(
+            f"{bench.tag}: none of the {len(missing_list)} scene(s) of {bench.index_file} is in {bench.shard_dir} "
+            f"(index keys such as {', '.join(missing_list[:3])}); point --shard-dir at the benchmark's converted test "
+            "shards (zipsplat-ns convert ...), whose scene keys the index names"
+        )
     if opts.max_scenes is not None:
         scenes = scenes[: max(0, int(opts.max_scenes))]
     refine_cfg = opts.refine_config() if opts.align_poses else None
@@ -854,11 +866,14 @@ class EvalCommand:
             if self.weights.startswith("random-"):
                 console.print(f"[yellow]evaluating {label}: numbers are NOT those of a trained model[/yellow]")
             fn = net_model_fn(net, use_priors=self.use_priors)
+            # the weights' fingerprint, not just their name: a file or URL whose content changed must not resume
+            # (and mix with) an evaluation of the old weights
+            checkpoint = f"{self.weights} (weights {weights_fingerprint(net)})"
             for b in benches:
                 reports.append(
                     evaluate(
                         fn, b, output_dir=self.output_dir, options=self.options(device),
-                        experiment_name=self.experiment_name, method_name="zipsplat", checkpoint=self.weights,
+                        experiment_name=self.experiment_name, method_name="zipsplat", checkpoint=checkpoint,
                         model_label=label,
                     )
                 )  # fmt: skip
