@@ -108,6 +108,49 @@ def test_inference_mode_scene_context_and_benchmark(roots, tmp_path):
     assert dm.viewer_scene_key == "te0"
 
 
+def test_a_bad_first_scene_is_skipped_for_the_viewer(tmp_path, caplog):
+    """An automatically picked viewer scene that cannot be loaded (here non-finite poses) is skipped, logged and
+    counted, and the next scene shown; a scene chosen by name must load; when none loads, one error says why."""
+    import logging
+
+    import numpy as np
+
+    def broken(key: str, seed: int):
+        sc = make_scene(key, seed=seed)
+        sc.poses = sc.poses.copy()
+        sc.poses[2, 3] = np.nan
+        return sc
+
+    root = tmp_path / "data"
+    write_dir(root / "train-scenes", [make_scene("tr0", seed=1)])
+    write_dir(root / "test-scenes", [broken("te0", 50), make_scene("te1", seed=51)], validate=False)
+    with caplog.at_level(logging.WARNING):
+        dm = _config(root, num_workers=0).setup(device="cpu", test_mode="test")
+    assert dm.viewer_scene_key == "te1" and dm.viewer_scenes_skipped == ["te0"]
+    assert any("te0" in r.getMessage() and "non-finite" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match=r"cannot load the viewer scene 'te0'.*non-finite"):
+        _config(root, num_workers=0, viewer_scene="te0").setup(device="cpu", test_mode="test")
+    bad = tmp_path / "bad"
+    write_dir(bad / "test-scenes", [broken("b0", 60), broken("b1", 61)], validate=False)
+    write_dir(bad / "train-scenes", [broken("b2", 62)], validate=False)
+    with pytest.raises(RuntimeError, match=r"none of the first 3 scene\(s\) can be loaded.*b0: .*non-finite.*shards check"):
+        _config(bad, num_workers=0).setup(device="cpu", test_mode="test")
+
+
+def test_every_rank_evaluates_the_whole_test_set(tmp_path):
+    """In-training evaluation is not split by rank (rank 0 evaluates alone by default): with 3 test shards and 4
+    ranks, rank 0's eval stream still visits every test scene."""
+    root = tmp_path / "data"
+    write_dir(root / "train-scenes", [make_scene(f"tr{i}", seed=i) for i in range(4)])
+    write_dir(root / "test-scenes", [make_scene(f"te{i}", seed=50 + i) for i in range(3)])
+    dm = _config(root, num_workers=0).setup(device="cpu", test_mode="val", world_size=4, local_rank=0)
+    seen = set()
+    for step in range(6):
+        dm.next_eval(step)
+        seen |= set(dm.last_batch_info["scene"])
+    assert seen == {"te0", "te1", "te2"}
+
+
 def test_config_errors_and_cli(roots, tmp_path):
     with pytest.raises(ValueError, match="no data"):
         ZipSplatDataManagerConfig().setup(device="cpu", test_mode="val")

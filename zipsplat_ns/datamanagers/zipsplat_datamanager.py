@@ -72,6 +72,7 @@ from zipsplat_ns.schedules import resume_seed
 
 logger = logging.getLogger(__name__)
 VIEWER_SCENE_ENV = "ZIPSPLAT_VIEWER_SCENE"
+VIEWER_SCENE_TRIES = 8  # scenes tried for an automatically picked viewer scene before giving up
 
 
 @dataclass
@@ -205,6 +206,7 @@ class ZipSplatDataManager(DataManager):
             self.rank = self.local_rank % self.world_size
         self.train_specs, self.eval_specs = self._build_specs()
         self.skip_counts: Counter = Counter()
+        self.viewer_scenes_skipped: List[str] = []  # scenes picked for the viewer that could not be loaded
         self.scale_source_counts: Counter = Counter()
         self.benchmark_missing: List[str] = []
         self.last_batch_info: Dict[str, List[str]] = {}
@@ -219,8 +221,7 @@ class ZipSplatDataManager(DataManager):
         self._index: Optional[IndexSampler] = (
             IndexSampler.from_file(config.eval_index_file) if config.eval_index_file is not None else None
         )
-        self.viewer_scene_key = self._pick_viewer_scene()
-        ctx, tgt = self._viewer_views(self.viewer_scene_key)
+        self.viewer_scene_key, (ctx, tgt) = self._load_viewer_scene()
         self.train_dataset = ctx
         self.eval_dataset = tgt
         super().__init__()
@@ -292,8 +293,12 @@ class ZipSplatDataManager(DataManager):
         self._train_loader = self._loader(self._train_stream, self.config.num_workers)
 
     def setup_eval(self) -> None:
-        """Build the in-training evaluation stream (test shards, bounded eval mode, fixed view count)."""
-        self._eval_stream = self._stream(self.eval_specs, False, self.rank, self.world_size)
+        """Build the in-training evaluation stream (test shards, bounded eval mode, fixed view count).
+
+        Not split by rank: every rank that evaluates (rank 0 alone with the pipeline's ``eval_rank0_only``, the
+        default) sees the whole test set; split, rank 0 would see 1/world of it, and a single scene when there are
+        fewer test shards than ranks."""
+        self._eval_stream = self._stream(self.eval_specs, False, 0, 1)
         self._eval_loader = self._loader(self._eval_stream, self.config.eval_num_workers)
 
     # ---------------------------------------------------------------------------------------- batch plumbing
@@ -446,27 +451,54 @@ class ZipSplatDataManager(DataManager):
                         return out
         return out
 
-    def _pick_viewer_scene(self) -> str:
+    def _viewer_scene_candidates(self) -> Tuple[bool, List[str]]:
+        """Whether the viewer scene was chosen explicitly, and the scene keys to try in order: the chosen one, else the
+        first few of the eval index (those in the data), then of the shard directories."""
         explicit = self.config.viewer_scene or os.environ.get(VIEWER_SCENE_ENV) or None
         dirs = self._directories()
         if explicit:
             if self.test_mode != "test" or any(explicit in d for _, d in dirs):
-                return explicit
+                return True, [explicit]
             # ns-eval / ns-viewer of a run with pipeline.benchmark: the benchmark's shards replaced the run's data,
             # so a viewer scene of the training data is not there (and ns-eval does not need one)
             logger.warning(
                 "viewer scene %r is not in the evaluation data %s; showing that data's first scene instead",
                 explicit, [str(d.path) for _, d in dirs],
             )  # fmt: skip
+        limit = VIEWER_SCENE_TRIES
+        keys: List[str] = []
         if self._index is not None:
-            for key in self._index.scenes:
-                if any(key in d for _, d in dirs):
-                    return key
+            keys += [k for k in self._index.scenes if any(k in d for _, d in dirs)][:limit]
         for _, d in dirs:
-            keys = d.keys()
-            if keys:
-                return keys[0]
-        raise FileNotFoundError(f"ZipSplatDataManager: no scenes in {[str(d.path) for _, d in dirs]}")
+            keys += [k for k in d.keys()[:limit] if k not in keys]
+        if not keys:
+            raise FileNotFoundError(f"ZipSplatDataManager: no scenes in {[str(d.path) for _, d in dirs]}")
+        return False, keys[:limit]
+
+    def _load_viewer_scene(self) -> Tuple[str, Tuple[ViewerSceneDataset, ViewerSceneDataset]]:
+        """The viewer scene and its context / target views. A scene picked automatically that cannot be loaded is
+        skipped, logged and counted (``viewer_scenes_skipped``), and the next one tried; a chosen one must load."""
+        explicit, keys = self._viewer_scene_candidates()
+        problems: List[str] = []
+        for key in keys:
+            try:
+                return key, self._viewer_views(key)
+            except (SceneError, SceneSkip, KeyError, ValueError) as exc:
+                if explicit:
+                    raise RuntimeError(
+                        f"ZipSplatDataManager: cannot load the viewer scene {key!r} ({exc}); choose another with "
+                        f"--pipeline.datamanager.viewer-scene or {VIEWER_SCENE_ENV}"
+                    ) from exc
+                problems.append(f"{key}: {exc}")
+                self.viewer_scenes_skipped.append(key)
+                logger.warning("viewer scene %r cannot be loaded, trying the next scene: %s", key, exc)
+        raise RuntimeError(
+            f"ZipSplatDataManager: none of the first {len(keys)} scene(s) can be loaded as the viewer scene ("
+            + "; ".join(problems[:3])
+            + (" ..." if len(problems) > 3 else "")
+            + f"); check the data with 'zipsplat-ns shards check', or choose a scene with "
+            f"--pipeline.datamanager.viewer-scene or {VIEWER_SCENE_ENV}"
+        )
 
     def _scene_sample(self, key: str) -> Dict[str, Any]:
         """Process scene ``key`` for display / inference: its index entry when the eval index has one, else a
@@ -497,14 +529,7 @@ class ZipSplatDataManager(DataManager):
         }
 
     def _viewer_views(self, key: str) -> Tuple[ViewerSceneDataset, ViewerSceneDataset]:
-        try:
-            s = self._scene_sample(key)
-        except (SceneError, SceneSkip, KeyError, ValueError) as exc:
-            raise RuntimeError(
-                f"ZipSplatDataManager: cannot load the viewer scene {key!r} ({exc}); choose another with "
-                f"--pipeline.datamanager.viewer-scene or {VIEWER_SCENE_ENV}"
-            ) from exc
-        b = collate([s])
+        b = collate([self._scene_sample(key)])
         out = []
         for g in ("context", "target"):
             v = b[g]
