@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -478,6 +480,60 @@ def test_dl3dv_zips(tmp_path):
     t = read_all(tmp_path / "o2" / "test-scenes")[h_test]
     np.testing.assert_allclose(t.cameras, np.tile([160, 120, 150.0, 150.0, 82.5, 59.0], (3, 1)), atol=1e-5)
     assert len(load_test_split()) == 141
+
+
+def _zip_member_data_offset(path: Path, name: str) -> int:
+    """Where the (stored or compressed) data of member ``name`` starts in the zip file."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    raw = path.read_bytes()
+    h = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[h + 26 : h + 30])
+    return h + 30 + name_len + extra_len
+
+
+def test_dl3dv_a_corrupt_zip_member_skips_that_frame_or_scene_not_the_run(tmp_path):
+    """A bad CRC (stored image) drops that frame, a broken deflate stream (transforms.json) that scene; the rest
+    converts and both reasons name the zip and the member."""
+    K_full = K_matrix(600.0, 600.0, 330.0, 236.0)
+    poses = orbit_poses(4, seed=4)
+    h_ok, h_img, h_tf = "a" * 64, "b" * 64, "c" * 64
+    src = tmp_path / "src"
+    for h in (h_ok, h_img, h_tf):
+        write_dl3dv_zip(src / f"{h}.zip", poses, K_full, 640, 480)
+    # one byte flipped inside a stored image: the member's CRC no longer matches (zipfile.BadZipFile)
+    img_member = f"{h_img}/images_4/frame_00002.png"
+    pos = _zip_member_data_offset(src / f"{h_img}.zip", img_member) + 200
+    data = bytearray((src / f"{h_img}.zip").read_bytes())
+    data[pos] ^= 0xFF
+    (src / f"{h_img}.zip").write_bytes(bytes(data))
+    # transforms.json deflated, its first block type set to the invalid 0b11 (zlib.error)
+    tf_member = f"{h_tf}/transforms.json"
+    with zipfile.ZipFile(src / f"{h_tf}.zip") as zf:
+        members = [(n, zf.read(n)) for n in zf.namelist()]
+    with zipfile.ZipFile(src / f"{h_tf}.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members:
+            zf.writestr(n, b)
+    pos = _zip_member_data_offset(src / f"{h_tf}.zip", tf_member)
+    data = bytearray((src / f"{h_tf}.zip").read_bytes())
+    data[pos] |= 0b110
+    (src / f"{h_tf}.zip").write_bytes(bytes(data))
+    split = tmp_path / "split.json"
+    split.write_text("[]")
+
+    rep = convert_dl3dv(src, tmp_path / "out", test_split=split, progress=False)
+    assert rep.converted == [h_ok, h_img]
+    [(frame, why)] = rep.skipped_frames[h_img]
+    assert frame == "images/frame_00002.png"
+    assert f"member {img_member} of {h_img}.zip is unreadable (BadZipFile" in why
+    [(key, why)] = rep.skipped
+    assert key == h_tf and f"member {tf_member} of {h_tf}.zip is unreadable (error: " in why
+    scenes = read_all(tmp_path / "out" / "train-scenes")
+    assert scenes[h_ok].num_views == 4 and scenes[h_img].num_views == 3
+    # when every frame is needed, the scene with the bad image is skipped, naming it; the others still convert
+    rep = convert_dl3dv(src, tmp_path / "out2", test_split=split, min_views=4, progress=False)
+    assert rep.converted == [h_ok] and [k for k, _ in rep.skipped] == [h_img, h_tf]
+    assert f"member {img_member} of {h_img}.zip is unreadable" in rep.skipped[0][1]
 
 
 # ---------------------------------------------------------------------------------------------------- dispatcher

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Set
@@ -57,8 +58,24 @@ def load_test_split(path: Optional[Path] = None) -> Set[str]:
     return set(hashes)
 
 
+def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of one zip member; ``ValueError`` naming the zip and the member when they cannot be read.
+
+    A bad CRC raises ``BadZipFile``, a damaged deflate stream ``zlib.error`` or ``EOFError``: as a ``ValueError`` the
+    frame (or, for ``transforms.json``, the scene) is skipped and reported instead of aborting the whole conversion.
+    """
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        # NotImplementedError: unsupported compression method; RuntimeError: encrypted member
+        zip_name = Path(str(zf.filename)).name
+        raise ValueError(f"member {name} of {zip_name} is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
 def _zip_reader(zf: zipfile.ZipFile, tf_dir: PurePosixPath, image_folder: Optional[str]):
-    """``read(file_path)``: the member at ``tf_dir/file_path``, else the same file name in a downscaled folder."""
+    """``read(file_path)``: the member at ``tf_dir/file_path``, else the same file name in a downscaled folder.
+
+    ``None`` when there is no such member; ``ValueError`` (naming the zip and the member) when it cannot be read."""
     members = set(zf.namelist())
     by_folder: Dict[str, Dict[str, str]] = {}
     for m in members:
@@ -79,11 +96,11 @@ def _zip_reader(zf: zipfile.ZipFile, tf_dir: PurePosixPath, image_folder: Option
         exact = str(tf_dir / rel) if str(tf_dir) != "." else str(rel)
         exact = exact[2:] if exact.startswith("./") else exact
         if image_folder is None and exact in members:
-            return zf.read(exact)
+            return _read_member(zf, exact)
         for f in folders:
             m = by_folder[f].get(rel.name)
             if m is not None:
-                return zf.read(m)
+                return _read_member(zf, m)
         return None
 
     return read
@@ -140,7 +157,11 @@ def convert_dl3dv(
                 raise SceneSkipped("no transforms.json in the zip")
             tf_name = min(tfs, key=lambda n: (len(PurePosixPath(n).parts), n))
             try:
-                tf = json.loads(zf.read(tf_name))
+                data = _read_member(zf, tf_name)
+            except ValueError as exc:
+                raise SceneSkipped(str(exc)) from exc
+            try:
+                tf = json.loads(data)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise SceneSkipped(f"{tf_name}: malformed JSON ({exc})") from exc
             if isinstance(tf, dict) and isinstance(tf.get("frames"), list):
