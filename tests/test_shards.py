@@ -17,7 +17,15 @@ from zipsplat_ns.data.depth_codec import decode_depth, encode_depth, quantize_de
 from zipsplat_ns.data.images import decode_image, encode_image
 from zipsplat_ns.data.scene import RawScene, SceneError
 from zipsplat_ns.data.shard_tools import check_shards, repack_shards
-from zipsplat_ns.data.shards import ShardWriter, iter_scenes, list_shards, read_index, read_scene, write_shards
+from zipsplat_ns.data.shards import (
+    ShardDamaged,
+    ShardWriter,
+    iter_scenes,
+    list_shards,
+    read_index,
+    read_scene,
+    write_shards,
+)
 
 
 def make_scene(key: str, n: int = 4, depth: bool = True, seed: int = 0, h: int = 24, w: int = 32) -> RawScene:
@@ -277,3 +285,97 @@ def test_resize_writes_square_copies_with_matching_intrinsics_and_depth(tmp_path
     d = decode_depth(out["r0"].depths[0], out["r0"].depth_ranges[0])
     assert d.shape == (16, 16) and (d > 0).mean() > 0.9
     assert out["r1"].depths is None and decode_image(out["r1"].images[2]).shape == (16, 16, 3)
+
+
+def _replace_member(shard: Path, name: str, data: bytes) -> None:
+    """Rewrite ``shard`` with the bytes of member ``name`` replaced (order and other members kept)."""
+    with tarfile.open(shard) as tin:
+        members = [(m, tin.extractfile(m).read()) for m in tin.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tout:
+        for m, old in members:
+            new = data if m.name == name else old
+            m.size = len(new)
+            tout.addfile(m, io.BytesIO(new))
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "member, data, reason",
+    [
+        ("cameras.npy", b"", "unreadable member s1.cameras.npy (EOFError"),
+        ("cameras.npy", _npy(np.full((4, 6), "ab")), "cameras.npy has dtype <U2, expected real numbers"),
+        ("poses.npy", _npy(np.zeros((4, 12), dtype=[("a", "f4")])), "poses.npy has dtype [('a', '<f4')], expected"),
+        ("depth_ranges.json", b"[[1.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]", "depth_ranges.json must be 4 finite"),
+        ("meta.json", b'{"num_views": 1e999}', "bad meta.json"),
+    ],
+    ids=["empty-npy", "string-npy", "record-npy", "ragged-ranges", "infinite-count"],
+)
+def test_a_malformed_member_fails_only_its_own_scene(tmp_path, member, data, reason):
+    """A scene's own bad member is that scene's SceneError: the shard's other scenes, before and after, still read."""
+    scenes = [make_scene(f"s{i}", seed=i) for i in range(3)]
+    write_shards(scenes, tmp_path)
+    shard = tmp_path / "shard-000000.tar"
+    _replace_member(shard, f"s1.{member}", data)
+    items = list(iter_scenes(shard, errors="yield"))
+    assert [type(x) for x in items] == [RawScene, SceneError, RawScene]
+    assert_same_scene(items[0], scenes[0])
+    assert_same_scene(items[2], scenes[2])
+    assert items[1].key == "s1" and items[1].shard == shard.name and reason in items[1].reason
+    with pytest.raises(SceneError, match="'s1'"):
+        list(iter_scenes(shard))
+    report = check_shards(tmp_path)
+    assert sorted(report.good) == ["s0", "s2"] and [k for _, k, _ in report.bad] == ["s1"]
+    assert report.damaged_shards == []
+
+
+def _damage_at_scene(shard: Path, key: str, how: str) -> int:
+    """Cut ``shard`` at the header of ``key``'s first member, or overwrite that header with junk; its offset."""
+    with tarfile.open(shard) as tar:
+        offset = next(m.offset for m in tar.getmembers() if m.name.startswith(f"{key}."))
+    assert offset % 512 == 0 and offset > 0
+    data = bytearray(shard.read_bytes())
+    if how == "cut":
+        del data[offset:]
+    else:
+        data[offset : offset + 512] = bytes(range(256)) * 2
+    shard.write_bytes(bytes(data))
+    return offset
+
+
+@pytest.mark.parametrize("how", ["cut", "junk-header"])
+def test_a_shard_cut_at_a_scene_boundary_is_reported_not_read_as_shorter(tmp_path, how):
+    """tarfile alone reads a tar cut at a header as a complete, shorter archive: the reader must say it is damaged."""
+    scenes = [make_scene(f"s{i}", seed=i) for i in range(3)]
+    write_shards(scenes, tmp_path)
+    shard = tmp_path / "shard-000000.tar"
+    offset = _damage_at_scene(shard, "s1", how)
+    items = list(iter_scenes(shard, errors="yield"))
+    assert len(items) == 2
+    assert_same_scene(items[0], scenes[0])
+    err = items[1]
+    assert isinstance(err, ShardDamaged) and err.shard == shard.name
+    expected = "truncated tar (it stops at byte" if how == "cut" else "corrupt tar (unreadable member header at byte"
+    assert f"{expected} {offset}" in err.reason
+    assert shard.name in str(err)
+    with pytest.raises(ShardDamaged):
+        list(iter_scenes(shard))
+    # check: not ok, the damage and the lost indexed scenes are both reported
+    report = check_shards(tmp_path)
+    assert not report.ok and report.good == ["s0"] and report.damaged_shards == [shard.name]
+    assert [(s, k) for s, k, _ in report.bad] == [(shard.name, "<shard>")]
+    assert any("2 indexed scene(s) not found" in p for p in report.index_problems)
+    # --fix-index refuses to bake the loss into a new index
+    index_before = (tmp_path / "index.json").read_text()
+    report = check_shards(tmp_path, fix_index=True)
+    assert not report.ok and (tmp_path / "index.json").read_text() == index_before
+    assert len(report.index_problems) == 1
+    assert "not rebuilt" in report.index_problems[0] and shard.name in report.index_problems[0]
+    assert "re-create" in report.index_problems[0]
+    # a complete shard still re-indexes
+    write_shards(scenes, tmp_path / "ok")
+    assert check_shards(tmp_path / "ok", fix_index=True).ok

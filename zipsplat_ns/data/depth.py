@@ -45,7 +45,7 @@ import numpy as np
 
 from zipsplat_ns.data.depth_codec import encode_depth
 from zipsplat_ns.data.scene import RawScene, SceneError
-from zipsplat_ns.data.shards import assemble_scene
+from zipsplat_ns.data.shards import assemble_scene, tar_end_problem
 
 __all__ = [
     "DA3_MODEL",
@@ -546,29 +546,10 @@ def _process_group(key: str, members: List[Tuple[tarfile.TarInfo, bytes]], shard
     return out, True
 
 
-def _tar_end_problem(path: Path) -> Optional[str]:
-    """Why ``path`` is not a complete tar (no end-of-archive marker: two zero blocks), or ``None``.
-
-    A tar cut at a member boundary reads "fine" to tarfile; rewriting it would bake the loss in, so it is refused.
-    """
-    try:
-        size = path.stat().st_size
-        if size < 1024 or size % 512:
-            return f"truncated tar ({size} bytes is not a whole number of 512-byte blocks with an end marker)"
-        with open(path, "rb") as fh:
-            fh.seek(size - 1024)
-            tail = fh.read(1024)
-    except OSError as err:
-        return f"cannot read it ({err})"
-    if tail.count(0) != len(tail):
-        return "truncated tar (no end-of-archive marker); see `zipsplat-ns shards check`"
-    return None
-
-
 def _rewrite_shard(path: Path, *, overwrite: bool, depth_fn: SceneDepthFn, report: DepthReport,
                    keys: Optional[set] = None) -> bool:
     """Rewrite one shard with depth; atomic (temp file + rename); returns whether it changed."""
-    problem = _tar_end_problem(path)
+    problem = tar_end_problem(path)  # a tar cut at a member boundary reads "fine"; rewriting it would keep the loss
     if problem is not None:
         report.shard_errors.append((str(path), problem))
         return False

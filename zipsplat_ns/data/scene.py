@@ -70,6 +70,9 @@ class RawScene:
             fail(f"cameras.npy has shape {cams.shape}, expected ({n}, 6) for {n} images")
         if poses.shape != (n, 12):
             fail(f"poses.npy has shape {poses.shape}, expected ({n}, 12) for {n} images")
+        for name, arr in (("cameras.npy", cams), ("poses.npy", poses)):
+            if arr.dtype.kind not in "iuf":  # strings, bools, records, complex: np.isfinite and the checks below fail
+                fail(f"{name} has dtype {arr.dtype}, expected real numbers")
         if not np.isfinite(cams).all():
             fail(f"cameras.npy has non-finite values in views {np.nonzero(~np.isfinite(cams).all(1))[0].tolist()[:10]}")
         if not np.isfinite(poses).all():
@@ -85,9 +88,13 @@ class RawScene:
                 fail(f"{len(self.depths)} depth maps for {n} images")
             if self.depth_ranges is None or len(self.depth_ranges) != n:
                 fail("depth maps without one depth_ranges entry per view")
-            rng = np.asarray(self.depth_ranges, dtype=np.float64)
+            bad_ranges = f"depth_ranges.json must be {n} finite [d_min, d_max] pairs"
+            try:
+                rng = np.asarray(self.depth_ranges, dtype=np.float64)
+            except (ValueError, TypeError) as exc:  # ragged or non-numeric entries
+                raise SceneError(key, f"{bad_ranges} ({exc})", shard) from exc
             if rng.shape != (n, 2) or not np.isfinite(rng).all():
-                fail(f"depth_ranges.json must be {n} finite [d_min, d_max] pairs")
+                fail(bad_ranges)
 
 
 def median_baseline(poses: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from rich.table import Table
 from zipsplat_ns.data.depth_codec import decode_depth
 from zipsplat_ns.data.images import decode_image
 from zipsplat_ns.data.scene import RawScene, SceneError
-from zipsplat_ns.data.shards import INDEX_NAME, ShardWriter, iter_scenes, list_shards
+from zipsplat_ns.data.shards import INDEX_NAME, ShardDamaged, ShardWriter, iter_scenes, list_shards
 from zipsplat_ns.utils.atomic import atomic_write
 
 console = Console(stderr=True)
@@ -30,6 +30,7 @@ class CheckReport:
     good: List[str] = field(default_factory=list)
     bad: List[Tuple[str, str, str]] = field(default_factory=list)  # (shard, key, reason)
     index_problems: List[str] = field(default_factory=list)
+    damaged_shards: List[str] = field(default_factory=list)  # shards whose tar is truncated or corrupt
 
     @property
     def ok(self) -> bool:
@@ -43,6 +44,7 @@ class CheckReport:
             "num_bad": len(self.bad),
             "bad": [{"shard": s, "scene": k, "reason": r} for s, k, r in self.bad],
             "index_problems": self.index_problems,
+            "damaged_shards": self.damaged_shards,
         }
 
 
@@ -85,6 +87,8 @@ def iter_good_scenes(
             for item in iter_scenes(shard, errors="yield"):
                 if isinstance(item, SceneError):
                     report.bad.append((shard.name, item.key, item.reason))
+                    if isinstance(item, ShardDamaged):
+                        report.damaged_shards.append(shard.name)
                     continue
                 if item.num_views < min_views:
                     report.bad.append((shard.name, item.key, f"too few frames ({item.num_views} < {min_views})"))
@@ -101,12 +105,22 @@ def iter_good_scenes(
 
 
 def check_shards(shard_dir: Path, *, decode: bool = True, min_views: int = 1, fix_index: bool = False) -> CheckReport:
-    """Validate every scene (members, shapes, finite values, rotations, decodable images/depth) and ``index.json``."""
+    """Validate every scene (members, shapes, finite values, rotations, decodable images/depth) and ``index.json``.
+
+    ``fix_index`` rewrites ``index.json`` from the scenes found, unless a shard's tar is truncated or corrupt: that is
+    refused (an ``index_problems`` entry naming the shard), since the new index would hide the lost scenes."""
     shard_dir = Path(shard_dir)
     report = CheckReport(shard_dir)
     found = {scene.key: shard for shard, scene in iter_good_scenes(shard_dir, report, decode=decode, min_views=min_views)}
     index_path = shard_dir / INDEX_NAME
-    if fix_index:
+    if fix_index and report.damaged_shards:
+        # an index rebuilt from a cut shard would drop the lost scenes for good, and nothing would report them again
+        report.index_problems.append(
+            f"{INDEX_NAME} not rebuilt: truncated or corrupt shard(s) {', '.join(report.damaged_shards)} lost scenes "
+            "that a new index would drop for good; re-create them (convert again, or restore a copy), then run "
+            "--fix-index again"
+        )
+    elif fix_index:
         atomic_write(index_path, json.dumps(found, indent=2) + "\n")
     elif not index_path.is_file():
         report.index_problems.append(f"{INDEX_NAME} is missing (rebuild it with --fix-index)")

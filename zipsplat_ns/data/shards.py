@@ -244,20 +244,22 @@ def assemble_scene(key: str, members: Dict[str, bytes], shard: str) -> RawScene:
             raise SceneError(key, f"missing member {key}.{name}", shard)
         return members[name]
 
+    def npy(name: str) -> np.ndarray:
+        data = need(name)
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty member
+            raise SceneError(key, f"unreadable member {key}.{name} ({type(exc).__name__}: {exc})", shard) from exc
+
     try:
         meta = json.loads(need("meta.json"))
         n = int(meta["num_views"])
     except SceneError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise SceneError(key, f"bad meta.json ({exc})", shard) from exc
-    try:
-        cameras = np.load(io.BytesIO(need("cameras.npy")), allow_pickle=False)
-        poses = np.load(io.BytesIO(need("poses.npy")), allow_pickle=False)
-    except SceneError:
-        raise
-    except (ValueError, OSError) as exc:
-        raise SceneError(key, f"unreadable .npy member ({exc})", shard) from exc
+    cameras = npy("cameras.npy")
+    poses = npy("poses.npy")
     images: Dict[int, bytes] = {}
     depths: Dict[int, bytes] = {}
     for name, data in members.items():
@@ -289,33 +291,57 @@ def assemble_scene(key: str, members: Dict[str, bytes], shard: str) -> RawScene:
     return scene
 
 
-def iter_scenes(
-    shard: PathLike, *, errors: str = "raise", keys: Optional[set] = None
-) -> Iterator[Union[RawScene, SceneError]]:
-    """Stream the scenes of one shard.
+class ShardDamaged(SceneError):
+    """The shard's tar itself is truncated or corrupt: the scenes from that point on cannot be read.
 
-    ``errors="raise"`` raises the first :class:`SceneError`; ``errors="yield"`` yields it in place of the scene and
-    goes on (a truncated or corrupt tar ends the shard with one error for the scene it was in). ``keys`` restricts
-    the output to those scene keys (others are skipped without decoding).
+    ``key`` is the scene the reader was in, or ``"<shard>"`` when the damage lies between scenes. Re-indexing such a
+    shard would make the loss permanent, so ``shards check --fix-index`` refuses it.
     """
-    if errors not in ("raise", "yield"):
-        raise ValueError(f"iter_scenes: errors must be 'raise' or 'yield', got {errors!r}")
-    shard = Path(shard)
+
+
+def tar_end_problem(path: PathLike, end: Optional[int] = None) -> Optional[str]:
+    """Why ``path`` is not a complete tar, or ``None``.
+
+    tarfile takes a missing, short or unreadable header at a non-zero offset for the end of the archive, so a shard
+    cut at a member boundary reads "fine" with every scene after the cut silently gone. A complete tar ends with an
+    end-of-archive marker (zero blocks). ``end`` is where a reader stopped (``TarFile.offset`` after its last
+    member): a whole zero block must be there. Without ``end``, the file's last two blocks must be zero (a check
+    before reading it).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if end is None:
+                if size < 1024 or size % 512:
+                    return f"truncated tar ({size} bytes is not a whole number of 512-byte blocks with an end marker)"
+                fh.seek(size - 1024)
+                block = fh.read(1024)
+            else:
+                fh.seek(end)
+                block = fh.read(512)
+    except OSError as err:
+        return f"cannot read it ({err})"
+    if end is not None and len(block) < 512:
+        return (f"truncated tar (it stops at byte {end} of {size} without an end-of-archive marker; "
+                "the scenes after that point are lost)")  # fmt: skip
+    if block.count(0) != len(block):
+        if end is None:
+            return "truncated tar (no end-of-archive marker); see `zipsplat-ns shards check`"
+        return f"corrupt tar (unreadable member header at byte {end}; the scenes after that point are lost)"
+    return None
+
+
+def _member_groups(shard: Path, keys: Optional[set]) -> Iterator[Union[Tuple[str, Dict[str, bytes]], ShardDamaged]]:
+    """``(key, {member suffix: bytes})`` per contiguous group of members, in file order.
+
+    A damaged tar ends the stream with one :class:`ShardDamaged` (the group it was in is dropped). Only reading
+    happens here: assembling a scene is the caller's, so that a scene's own error never passes for tar damage.
+    Members of scenes not in ``keys`` are skipped without reading them.
+    """
     name = shard.name
-
-    def emit(key: str, members: Dict[str, bytes]):
-        if keys is not None and key not in keys:
-            return None
-        try:
-            return assemble_scene(key, members, name)
-        except SceneError as err:
-            if errors == "raise":
-                raise
-            return err
-
     key: Optional[str] = None
     members: Dict[str, bytes] = {}
-    seen = set()
     try:
         with tarfile.open(shard, "r|") as tar:
             for info in tar:
@@ -327,29 +353,59 @@ def iter_scenes(
                 k, rest = m.group("key"), m.group("rest")
                 if k != key:
                     if key is not None:
-                        out = emit(key, members)
-                        if out is not None:
-                            yield out
-                    if k in seen:
-                        err = SceneError(k, "members are not contiguous (key appears twice)", name)
-                        if errors == "raise":
-                            raise err
-                        yield err
+                        yield key, members
                     key, members = k, {}
-                    seen.add(k)
                 f = tar.extractfile(info)
                 skip = keys is not None and k not in keys
                 members[rest] = b"" if skip or f is None else f.read()
+            end = tar.offset
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        err = SceneError(key or "<shard>", f"truncated or corrupt tar ({type(exc).__name__}: {exc})", name)
-        if errors == "raise":
-            raise err from exc
+        err = ShardDamaged(key or "<shard>", f"truncated or corrupt tar ({type(exc).__name__}: {exc})", name)
+        err.__cause__ = exc
         yield err
         return
     if key is not None:
-        out = emit(key, members)
-        if out is not None:
-            yield out
+        yield key, members
+    problem = tar_end_problem(shard, end)
+    if problem is not None:
+        yield ShardDamaged("<shard>", problem, name)
+
+
+def iter_scenes(
+    shard: PathLike, *, errors: str = "raise", keys: Optional[set] = None
+) -> Iterator[Union[RawScene, SceneError]]:
+    """Stream the scenes of one shard.
+
+    ``errors="raise"`` raises the first :class:`SceneError`; ``errors="yield"`` yields it in place of the scene and
+    goes on. A truncated or corrupt tar (including one cut at a member boundary, which tarfile alone reads as a
+    shorter archive) ends the shard with one :class:`ShardDamaged`. ``keys`` restricts the output to those scene
+    keys (others are skipped without decoding).
+    """
+    if errors not in ("raise", "yield"):
+        raise ValueError(f"iter_scenes: errors must be 'raise' or 'yield', got {errors!r}")
+    shard = Path(shard)
+    name = shard.name
+    seen = set()
+    for item in _member_groups(shard, keys):
+        if isinstance(item, SceneError):
+            out: Union[RawScene, SceneError] = item
+        else:
+            key, members = item
+            if key in seen:
+                err = SceneError(key, "members are not contiguous (key appears twice)", name)
+                if errors == "raise":
+                    raise err
+                yield err
+            seen.add(key)
+            if keys is not None and key not in keys:
+                continue
+            try:
+                out = assemble_scene(key, members, name)
+            except SceneError as err:
+                out = err
+        if isinstance(out, SceneError) and errors == "raise":
+            raise out
+        yield out
 
 
 def read_scene(shard_dir: PathLike, key: str) -> RawScene:
