@@ -26,7 +26,7 @@ from zipsplat_ns.data.images import encode_image
 from zipsplat_ns.data.preprocess import cover_size, preprocess_view, resize_depth, transform_camera
 from zipsplat_ns.data.samplers import BoundedSampler, IndexFileError, IndexSampler, RandomSampler
 from zipsplat_ns.data.scene import RawScene, SceneError
-from zipsplat_ns.data.shards import ShardWriter, scene_members
+from zipsplat_ns.data.shards import ShardDamaged, ShardWriter, scene_members
 
 S = 28  # small crop size keeps the tests fast; the code paths are the same as at 252
 
@@ -619,3 +619,50 @@ def test_random_access_keeps_the_scenes_before_a_truncated_tail(tmp_path):
     assert directory.load("s0").key == "s0" and directory.load("s1").num_views == 10
     with pytest.raises(SceneError, match=r"'s2'.*(truncated|cut short)"):
         directory.load("s2")
+
+
+def _damage_shard_at(shard: Path, member: str, how: str) -> int:
+    """Cut ``shard`` at the header of ``member`` or overwrite that header with junk; the header's offset."""
+    with tarfile.open(shard) as tar:
+        offset = tar.getmember(member).offset
+    assert offset % 512 == 0 and offset > 0
+    data = bytearray(shard.read_bytes())
+    if how == "junk-header":
+        data[offset : offset + 512] = bytes(range(256)) * 2
+    else:
+        del data[offset:]
+    shard.write_bytes(bytes(data))
+    return offset
+
+
+@pytest.mark.parametrize("how", ["cut", "junk-header", "cut-inside-a-scene"])
+def test_random_access_reports_scenes_lost_to_a_damaged_shard(tmp_path, how, caplog):
+    """A shard cut at a member boundary (or with a junk header) reads to tarfile as a shorter archive: the scenes
+    before the damage load, the ones lost to it raise ShardDamaged naming the shard and the damage (not a bare
+    "not found in its shard"), and index-replay eval skips, counts and names them."""
+    d = write_dir(tmp_path / "cut", [make_scene(f"s{i}", n=10, seed=i) for i in range(3)], per_scene=False)
+    shard = next(d.glob("*.tar"))
+    with tarfile.open(shard) as tar:
+        of_s1 = [n for n in tar.getnames() if n.startswith("s1.")]
+    # s1's first header (a cut between scenes), or its second (a cut inside s1: its first member is left)
+    offset = _damage_shard_at(shard, of_s1[1] if how == "cut-inside-a-scene" else of_s1[0], how)
+    expected = "corrupt tar (unreadable member header" if how == "junk-header" else "truncated tar (it stops"
+    expected += f" at byte {offset}"
+    directory = ShardDirectory(d)
+    assert directory.load("s0").num_views == 10
+    with pytest.raises(ShardDamaged) as info:
+        directory.load("s2")
+    assert info.value.key == "s2" and info.value.shard == shard.name and expected in info.value.reason
+    assert shard.name in str(info.value) and "lost to the damaged shard" in str(info.value)
+    with pytest.raises(ShardDamaged, match=r"'s1'.*" + ("missing member" if how == "cut-inside-a-scene" else "lost")):
+        directory.load("s1")  # cut into (its first members are there) or lost
+    # index-replay eval: the lost scene is skipped as bad_scene, named with the damage; the stream goes on
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps({"s2": {"context": [0, 2, 4], "target": [5]}, "s0": {"context": [0, 2, 4],
+                                                                                      "target": [5]}}))
+    st = stream([DatasetSpec(d, sampler=SamplerConfig(kind="index", index_file=index))], train=False)
+    with caplog.at_level(logging.WARNING):
+        batches = list(st)
+    assert [b["scene"] for b in batches] == [["s0"]]
+    assert batches[0]["skipped"] == {"bad_scene": 1}
+    assert expected in batches[0]["skipped_scenes"][0] and batches[0]["skipped_scenes"][0].startswith(shard.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import tarfile
 import types
 from pathlib import Path
 from typing import Dict, List
@@ -423,3 +424,61 @@ def test_a_depth_model_failure_skips_that_scene_only(dataset) -> None:
     assert report.skipped == [("nopts", "the depth model failed on this scene: RuntimeError: simulated per-scene failure")]
     out = read_all(shard_dir)
     assert out["withpts"].has_depth and not out["nopts"].has_depth
+
+
+def _flat_depth(scene: RawScene) -> List[np.ndarray]:
+    return [np.full((int(c[1]), int(c[0])), 2.0, np.float32) for c in scene.cameras]
+
+
+def test_a_shard_with_a_junk_header_mid_file_is_not_rewritten(dataset) -> None:
+    """A junk header before a valid end marker reads to tarfile as the end of the archive: rewriting would drop the
+    scenes after it, so the shard is left unchanged (no temp file) and its processed scenes are reported skipped."""
+    shard_dir, _, _ = dataset
+    shard = list_shards(shard_dir)[0]
+    with tarfile.open(shard) as tar:
+        offset = next(m.offset for m in tar.getmembers() if m.name.startswith("nopts."))
+    assert offset > 0 and offset % 512 == 0
+    data = bytearray(shard.read_bytes())
+    data[offset : offset + 512] = bytes(range(256)) * 2
+    shard.write_bytes(bytes(data))
+    report = D.fill_depth(shard_dir, method="da3", estimator=_flat_depth, progress=False)
+    expected = f"corrupt tar (unreadable member header at byte {offset}"
+    assert [(s, expected in r) for s, r in report.shard_errors] == [(str(shard), True)]
+    assert not report.filled and not report.kept and not report.shards_rewritten and not report.ok
+    assert [k for k, _ in report.skipped] == ["withpts"]  # processed, then not written; nopts is lost to the damage
+    assert shard.name in report.skipped[0][1] and expected in report.skipped[0][1]
+    assert shard.read_bytes() == bytes(data)
+    assert not list(shard_dir.glob(".*tmp"))
+
+
+def test_a_failed_shard_rewrite_reports_its_scenes_as_skipped(dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenes counted as filled or kept before their shard's rewrite failed are reported as skipped (citing the
+    shard error): the report's counts add up to the shard's scenes."""
+    shard_dir, _, _ = dataset
+    shard = list_shards(shard_dir)[0]
+
+    def fail_nopts(scene):
+        if scene.key == "nopts":
+            raise RuntimeError("simulated per-scene failure")
+        return _flat_depth(scene)
+
+    first = D.fill_depth(shard_dir, method="da3", estimator=fail_nopts, progress=False)
+    assert [k for k, _, _ in first.filled] == ["withpts"] and [k for k, _ in first.skipped] == ["nopts"]
+    before = shard.read_bytes()
+    real_replace = D.os.replace
+
+    def replace(src, dst):
+        if Path(dst) == shard:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(D.os, "replace", replace)
+    report = D.fill_depth(shard_dir, method="da3", estimator=_flat_depth, progress=False)
+    assert not report.filled and not report.kept and not report.shards_rewritten
+    assert sorted(k for k, _ in report.skipped) == ["nopts", "withpts"]  # nopts was filled, withpts kept
+    assert len(report.filled) + len(report.kept) + len(report.skipped) == 2
+    assert [s for s, _ in report.shard_errors] == [str(shard)] and "No space left" in report.shard_errors[0][1]
+    for _, reason in report.skipped:
+        assert f"shard {shard.name} left unchanged" in reason and "No space left on device" in reason
+    assert shard.read_bytes() == before
+    assert not list(shard_dir.glob(".*tmp"))

@@ -379,3 +379,17 @@ def test_a_shard_cut_at_a_scene_boundary_is_reported_not_read_as_shorter(tmp_pat
     # a complete shard still re-indexes
     write_shards(scenes, tmp_path / "ok")
     assert check_shards(tmp_path / "ok", fix_index=True).ok
+
+
+def test_fix_index_help_says_it_refuses_damaged_shards(capsys, monkeypatch):
+    """`shards check --help`: --fix-index tells that a truncated or corrupt shard blocks it (re-create the shard)."""
+    import tyro
+
+    from zipsplat_ns.cli import ShardsCheck
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        tyro.cli(ShardsCheck, args=["--help"])
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "--fix-index" in text
+    assert "Refused when a shard is truncated or corrupt" in text and "re-create the shard first" in text

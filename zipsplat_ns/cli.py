@@ -39,7 +39,8 @@ class ShardsCheck:
     min_views: int = 1
     """Report scenes with fewer views than this (training needs context + target views, e.g. 6)."""
     fix_index: bool = False
-    """Rewrite index.json from the scenes actually found."""
+    """Rewrite index.json from the scenes actually found.
+    Refused when a shard is truncated or corrupt (a new index would drop its lost scenes): re-create the shard first."""
     json_output: Optional[Path] = None
     """Also write the report as JSON here."""
 

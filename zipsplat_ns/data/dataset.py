@@ -182,14 +182,16 @@ class ShardDirectory:
     """Random access to the scenes of one shard directory (for index replay, the viewer scene, ``scene_context``).
 
     ``index.json`` maps keys to shards (tar headers are scanned when it is missing); a shard's member table is read
-    once (headers only) and kept for a few shards.
+    once (headers only) and kept for a few shards. A shard whose tar is truncated or corrupt (including one cut at a
+    member boundary, which tarfile alone reads as a shorter archive) keeps the scenes before the damage loadable; the
+    scenes lost to it raise :class:`~zipsplat_ns.data.shards.ShardDamaged` naming the shard and the damage.
     """
 
     def __init__(self, path: PathLike, cache_shards: int = 4):
         self.path = Path(path)
         self._keys: Optional[Dict[str, Path]] = None
         self._tables: "OrderedDict[Path, Dict[str, List[Tuple[str, int, int]]]]" = OrderedDict()
-        self._broken: Dict[Path, str] = {}  # shards whose tail could not be read: why
+        self._broken: Dict[Path, str] = {}  # shards whose tar is truncated or corrupt: what is wrong
         self._cache = cache_shards
 
     def key_map(self) -> Dict[str, Path]:
@@ -217,6 +219,7 @@ class ShardDirectory:
             self._tables.move_to_end(shard)
             return self._tables[shard]
         table: Dict[str, List[Tuple[str, int, int]]] = {}
+        self._broken.pop(shard, None)  # a re-read shard (evicted from the cache) is judged afresh
         try:
             with tarfile.open(shard, "r:") as tar:
                 for info in tar:
@@ -224,30 +227,40 @@ class ShardDirectory:
                         continue
                     k, rest = info.name.split(".", 1)
                     table.setdefault(k, []).append((rest, info.offset_data, info.size))
+                end = tar.offset  # where tarfile stopped: an end-of-archive marker must be there
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             if not table:
                 raise SceneError("<shard>", f"unreadable tar ({type(exc).__name__}: {exc})", shard.name) from exc
-            # a cut or corrupt tail: the scenes before it stay readable (as in the streaming reader); the last one
-            # listed may be incomplete, which assembling it reports
-            self._broken[shard] = f"the shard is truncated or corrupt after its first {len(table)} scene(s) " \
-                                  f"({type(exc).__name__}: {exc})"
-            logger.warning("%s: %s", shard, self._broken[shard])
+            problem: Optional[str] = f"truncated or corrupt tar ({type(exc).__name__}: {exc})"
+        else:
+            # tarfile takes a missing or unreadable header for the end: a shard cut at a member boundary reads as a
+            # shorter archive, and the scenes after the cut would pass for "not in the shard"
+            problem = _shards.tar_end_problem(shard, end)
+        if problem is not None:
+            # the scenes before the damage stay readable (as in the streaming reader); the last one listed may be
+            # incomplete, which loading it reports as damage too
+            self._broken[shard] = problem
+            logger.warning("%s: %s (%d scene(s) before the damage stay readable)", shard, problem, len(table))
         self._tables[shard] = table
         while len(self._tables) > self._cache:
             self._tables.popitem(last=False)
         return table
 
     def load(self, key: str) -> RawScene:
-        """The scene ``key``; ``KeyError`` when unknown, :class:`SceneError` when broken."""
+        """The scene ``key``; ``KeyError`` when unknown, :class:`SceneError` when broken
+        (:class:`~zipsplat_ns.data.shards.ShardDamaged` when lost to, or cut by, damage to its shard's tar)."""
         shard = self.key_map().get(key)
         if shard is None:
             raise KeyError(f"scene {key!r} is not in {self.path}")
         if not shard.is_file():
             raise SceneError(key, "its shard (from index.json) does not exist", shard.name)
-        entries = self._table(shard).get(key)
+        table = self._table(shard)
+        entries = table.get(key)
+        damage = self._broken.get(shard)
         if not entries:
-            if shard in self._broken:
-                raise SceneError(key, f"not readable: {self._broken[shard]}", shard.name)
+            if damage is not None:
+                raise _shards.ShardDamaged(key, f"lost to the damaged shard ({damage}); re-create the shard "
+                                                "(see `zipsplat-ns shards check`)", shard.name)
             raise SceneError(key, "listed in index.json but not found in its shard", shard.name)
         members: Dict[str, bytes] = {}
         with open(shard, "rb") as f:
@@ -255,9 +268,17 @@ class ShardDirectory:
                 f.seek(offset)
                 data = f.read(size)
                 if len(data) != size:
-                    raise SceneError(key, f"truncated or corrupt tar (member {key}.{rest} is cut short)", shard.name)
+                    raise _shards.ShardDamaged(key, f"truncated or corrupt tar (member {key}.{rest} is cut short)",
+                                               shard.name)
                 members[rest] = data
-        return _shards.assemble_scene(key, members, shard.name)
+        try:
+            return _shards.assemble_scene(key, members, shard.name)
+        except SceneError as err:
+            if damage is None or key != next(reversed(table)):
+                raise
+            # the scene the damage cut into: its missing members are the damage's doing, not the scene's
+            raise _shards.ShardDamaged(key, f"{err.reason}: the shard is damaged right after it ({damage})",
+                                       shard.name) from err
 
 
 # --------------------------------------------------------------------------------------------- per-scene work

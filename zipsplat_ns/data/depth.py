@@ -548,14 +548,18 @@ def _process_group(key: str, members: List[Tuple[tarfile.TarInfo, bytes]], shard
 
 def _rewrite_shard(path: Path, *, overwrite: bool, depth_fn: SceneDepthFn, report: DepthReport,
                    keys: Optional[set] = None) -> bool:
-    """Rewrite one shard with depth; atomic (temp file + rename); returns whether it changed."""
+    """Rewrite one shard with depth; atomic (temp file + rename); returns whether it changed.
+
+    A damaged shard is left unchanged (a ``shard_errors`` entry): rewriting it would make the loss of the scenes
+    after the damage permanent.
+    """
     problem = tar_end_problem(path)  # a tar cut at a member boundary reads "fine"; rewriting it would keep the loss
     if problem is not None:
         report.shard_errors.append((str(path), problem))
         return False
     tmp = path.with_name(f".{path.name}.depth-{os.getpid()}.tmp")
     changed = False
-    n_before = (len(report.filled), len(report.kept), len(report.skipped))
+    n_before = (len(report.filled), len(report.kept))
     try:
         with tarfile.open(path, "r|") as src, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst:
             for key, members in _groups(src):
@@ -565,23 +569,29 @@ def _rewrite_shard(path: Path, *, overwrite: bool, depth_fn: SceneDepthFn, repor
                     changed |= ch
                 for info, data in members:
                     dst.addfile(info, io.BytesIO(data) if info.isfile() else None)
-        if changed:
+            end = src.offset  # where tarfile stopped reading
+        # tarfile takes an unreadable header for the end of the archive: with a junk header mid-file (and a valid end
+        # marker, which the check above wants) the rewrite would silently drop the scenes after it
+        problem = tar_end_problem(path, end)
+        if problem is None and changed:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             shutil.copymode(path, tmp)
             os.replace(tmp, path)
-        else:
-            tmp.unlink(missing_ok=True)
     except (tarfile.TarError, EOFError, OSError) as err:
-        tmp.unlink(missing_ok=True)
-        # scenes of this shard counted as filled were not written: report them as skipped instead
-        del report.filled[n_before[0]:]
-        del report.kept[n_before[1]:]
-        report.shard_errors.append((str(path), f"cannot read or rewrite it ({type(err).__name__}: {err})"))
-        return False
+        problem = f"cannot read or rewrite it ({type(err).__name__}: {err})"
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    tmp.unlink(missing_ok=True)  # unchanged or refused (after os.replace there is none left)
+    if problem is not None:
+        # the scenes of this shard counted as filled or kept were not written: report them as skipped instead
+        lost = [key for key, _, _ in report.filled[n_before[0]:]] + report.kept[n_before[1]:]
+        del report.filled[n_before[0]:]
+        del report.kept[n_before[1]:]
+        report.skipped += [(key, f"not written: shard {path.name} left unchanged ({problem})") for key in lost]
+        report.shard_errors.append((str(path), problem))
+        return False
     if changed:
         report.shards_rewritten.append(str(path))
     return changed
