@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader
 from zipsplat_ns.data.dataset import (
     DatasetSpec,
     SamplerConfig,
+    SceneSkip,
     ShardDirectory,
     ShardStream,
+    process_scene,
     split_shards,
     weighted_shards,
 )
@@ -378,6 +380,25 @@ def test_scene_without_depth_uses_the_baseline(tmp_path):
     assert (batch["context"]["depth"] == -1).all() and (batch["target"]["depth"] == -1).all()
     c = batch["context"]["pose"][0, :, 9:]
     assert abs(torch.cdist(c, c).max().item() - 1.0) < 1e-5  # max pairwise context distance normalised to 1
+
+
+def test_require_depth_skips_scenes_without_valid_depth():
+    """``process_scene(require_depth=True)`` (the eval protocol): no depth maps, or no valid context depth pixel, is
+    a ``no_depth`` skip instead of the camera-baseline scale."""
+    from zipsplat_ns.data.samplers import ViewSample
+
+    views = ViewSample(np.array([0, 6, 11]), np.array([3]))
+    assert process_scene(make_scene("nd", depth=False), views, image_size=S)["scale_source"] == "baseline"
+    with pytest.raises(SceneSkip, match="no depth maps") as exc:
+        process_scene(make_scene("nd", depth=False), views, image_size=S, require_depth=True)
+    assert exc.value.reason == "no_depth"
+    far = make_scene("far")  # depth maps without a single valid pixel
+    blank, rng = encode_depth(np.full((24, 32), np.nan))
+    far.depths, far.depth_ranges = [blank] * far.num_views, [list(rng)] * far.num_views
+    with pytest.raises(SceneSkip, match="no valid context depth pixel"):
+        process_scene(far, views, image_size=S, require_depth=True)
+    assert process_scene(far, views, image_size=S)["scale_source"] == "baseline"
+    assert process_scene(make_scene("d"), views, image_size=S, require_depth=True)["scale_source"] == "depth"
 
 
 def test_a_training_stream_of_only_unusable_scenes_fails_clearly(tmp_path):

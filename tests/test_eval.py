@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 import tyro
+import yaml
 
 from zipsplat_ns.cli import build_command_type
 from zipsplat_ns.data.samplers import IndexFileError
@@ -282,6 +282,43 @@ def test_eval_metrics_match_independent_computations_and_resume(tmp_path, bench)
     with pytest.raises(ValueError, match="different evaluation.*align_poses"):
         cli(*BASE, "--index-file", str(bench["index"]), "--shard-dir", str(bench["shards"]),
             "--output-dir", str(out), "--no-align-poses")  # fmt: skip
+
+
+def test_scenes_without_depth_are_skipped_as_the_protocol_does(tmp_path):
+    """The protocol normalises the scale by depth, so an index scene without depth is skipped (reason no_depth,
+    counted) unless --baseline-without-depth evaluates it at its camera-baseline scale (labelled); an index whose
+    scenes all lack depth is an error that says how to proceed. The datamanager's benchmark replay (ns-eval) agrees."""
+    from test_dataset import make_scene, write_dir
+
+    shards = write_dir(tmp_path / "shards", [make_scene("with-depth", seed=1), make_scene("no-depth", seed=2, depth=False)])
+    entry = {"context": [0, 6, 11], "target": [3]}
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps({"with-depth": entry, "no-depth": entry}))
+    args = (*BASE, "--index-file", str(index), "--shard-dir", str(shards), "--views", "3", "--no-align-poses")
+
+    def results(out: Path) -> dict:
+        return json.loads((out / "custom_index" / "results.json").read_text())
+
+    assert cli(*args, "--output-dir", str(tmp_path / "a")) == 0
+    rep = results(tmp_path / "a")
+    assert rep["results"]["num_scenes"] == 1 and rep["results"]["num_skipped"] == 1
+    assert rep["skipped_scenes"]["no-depth"].startswith("no_depth") and rep["benchmark"]["scale_source"] == "depth"
+    assert cli(*args, "--baseline-without-depth", "--output-dir", str(tmp_path / "b")) == 0
+    rep = results(tmp_path / "b")
+    assert rep["results"]["num_scenes"] == 2 and rep["results"]["num_baseline_scale_scenes"] == 1
+    only = tmp_path / "only.json"
+    only.write_text(json.dumps({"no-depth": entry}))
+    with pytest.raises(RuntimeError, match=r"none of the 1 scene\(s\) could be evaluated.*no_depth.*--baseline-without-depth"):
+        cli(*BASE, "--index-file", str(only), "--shard-dir", str(shards), "--views", "3", "--no-align-poses",
+            "--output-dir", str(tmp_path / "c"))  # fmt: skip
+
+    from zipsplat_ns.datamanagers import ZipSplatDataManagerConfig
+
+    for required, keys in ((True, ["with-depth"]), (False, ["with-depth", "no-depth"])):
+        dm = ZipSplatDataManagerConfig(data=shards, eval_index_file=index, image_size=56, num_workers=0,
+                                       eval_requires_depth=required).setup(device="cpu", test_mode="inference")  # fmt: skip
+        assert [k for k, _, _ in dm.benchmark_items()] == keys
+        assert dm.skip_counts["no_depth"] == int(required)
 
 
 def test_no_depth_mode_is_labelled_baseline(tmp_path, bench):

@@ -385,8 +385,13 @@ def process_scene(
     use_depth: bool = True,
     dataset: str = "",
     allow_unposed: bool = False,
+    require_depth: bool = False,
 ) -> Dict[str, Any]:
     """One sample (numpy / torch, no batch dim) from a raw scene and its sampled views; raises :class:`SceneSkip`.
+
+    With ``use_depth``, the scale is the median distance of the context depth points (reference §5.4). A scene
+    without a valid context depth pixel is then normalised by its camera baseline instead (``scale_source``
+    "baseline"), or, with ``require_depth`` (the eval protocol: depth is mandatory), skipped as ``no_depth``.
 
     ``allow_unposed`` (inference only): a scene whose ``meta["posed"]`` is False (``convert media``: identity poses)
     keeps scale 1 (``scale_source`` "unposed") instead of being skipped for its zero camera baseline.
@@ -400,6 +405,8 @@ def process_scene(
     if shuffle_context:
         (rng if rng is not None else np.random.default_rng()).shuffle(ctx)
     with_depth = use_depth and raw.depths is not None
+    if use_depth and require_depth and raw.depths is None:
+        raise SceneSkip("no_depth", "the scene has no depth maps (the protocol normalises the scale by depth)")
     cache: Dict[int, Tuple[torch.Tensor, np.ndarray, Optional[np.ndarray]]] = {}
 
     def view(i: int):
@@ -448,6 +455,8 @@ def process_scene(
         sq = sq[np.isfinite(sq)]
         if sq.size:
             scale, scale_source = _median_sqrt(sq), "depth"
+        elif require_depth:
+            raise SceneSkip("no_depth", "no valid context depth pixel (the protocol normalises the scale by depth)")
         else:
             logger.warning("scene %s: no valid context depth pixel; using the camera baseline for the scale", raw.key)
             with_depth = False
@@ -553,6 +562,7 @@ class ShardStream(IterableDataset):
         max_pose_jump_ratio: float = 10.0,
         random_reference: bool = True,
         use_depth: bool = True,
+        require_depth: bool = False,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -571,7 +581,7 @@ class ShardStream(IterableDataset):
         self.min_views, self.max_views, self.num_target_views = min_views, max_views, num_target_views
         self.eval_views, self.eval_batch_size = eval_views, eval_batch_size
         self.max_pose_jump_ratio = max_pose_jump_ratio if train else 0.0
-        self.random_reference, self.use_depth = random_reference, use_depth
+        self.random_reference, self.use_depth, self.require_depth = random_reference, use_depth, require_depth
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.samplers = [s.sampler.build(train) for s in self.specs]
         self.index_mode = (not train) and any(isinstance(s, IndexSampler) for s in self.samplers)
@@ -684,6 +694,7 @@ class ShardStream(IterableDataset):
                 max_pose_jump_ratio=self.max_pose_jump_ratio,
                 use_depth=self.use_depth,
                 dataset=self.specs[spec_idx].name,
+                require_depth=self.require_depth,
             )
         except SceneSkip as s:
             skips.add(s.reason, shard, raw.key, s.detail)

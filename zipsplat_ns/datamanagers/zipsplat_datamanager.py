@@ -116,6 +116,10 @@ class ZipSplatDataManagerConfig(DataManagerConfig):
     """Shuffle the context order in training, so the reference (first) view is random."""
     use_depth: bool = True
     """Use stored depth for the scale and the geometry losses (baseline scale without it)."""
+    eval_requires_depth: bool = True
+    """Benchmark replay (ns-eval, eval_index_file): skip index scenes without valid depth, as the protocol does (its
+    scale normalisation needs depth; counted as skipped, reason no_depth). False: normalise them by the camera
+    baseline instead (labelled scale_source 'baseline'; not comparable with the reference's numbers)."""
     eval_views: int = 6
     """Context views of the in-training evaluation stream and of scenes without an index entry."""
     eval_batch_size: int = 1
@@ -260,7 +264,8 @@ class ZipSplatDataManager(DataManager):
             evals.append(DatasetSpec(te, weight, sampler, name))
         return train, evals
 
-    def _stream(self, specs: List[DatasetSpec], train: bool, rank: int, world: int) -> ShardStream:
+    def _stream(self, specs: List[DatasetSpec], train: bool, rank: int, world: int,
+                require_depth: bool = False) -> ShardStream:  # fmt: skip
         c = self.config
         return ShardStream(
             specs,
@@ -275,6 +280,7 @@ class ZipSplatDataManager(DataManager):
             max_pose_jump_ratio=c.max_pose_jump_ratio,
             random_reference=c.random_reference_view,
             use_depth=c.use_depth,
+            require_depth=require_depth,
             seed=c.seed,
             rank=rank,
             world_size=world,
@@ -555,7 +561,7 @@ class ZipSplatDataManager(DataManager):
             raise ValueError("benchmark_items() needs --pipeline.datamanager.eval-index-file")
         specs = [DatasetSpec(s.path, s.weight, s.sampler, s.name) for s in self.eval_specs]
         specs[0].sampler = SamplerConfig(kind="index", index_file=Path(self.config.eval_index_file))
-        stream = self._stream(specs, False, 0, 1)
+        stream = self._stream(specs, False, 0, 1, require_depth=self.config.eval_requires_depth)
         self.benchmark_missing = stream.missing_scenes()
         skips = SkipLog()
         for raw in stream.iter_index_scenes(skips):

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ class EvalOptions:
     """Condition the network on the context cameras and poses."""
     use_depth: bool = True
     """Scale normalisation from depth; False = the camera-baseline scale for every scene (labelled 'baseline')."""
+    require_depth: bool = True
+    """With use_depth: skip scenes without valid depth (the protocol); False = their camera-baseline scale."""
     image_size: int = 252
     """Square crop size (the protocol uses 252)."""
     compression: float = 1.0
@@ -156,6 +159,7 @@ def iter_benchmark_items(
     use_depth: bool = True,
     device: str | torch.device = "cpu",
     dataset: str = "",
+    require_depth: bool = False,
 ) -> Iterator[tuple[str, dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None, str | None]]:
     """``(scene, inputs, batch, skip_reason)`` for ``scenes`` of an :class:`IndexSampler`, processed as the
     datamanager's ``benchmark_items()`` (same keys; ``skip_reason`` set and ``inputs`` None for unusable scenes)."""
@@ -172,7 +176,8 @@ def iter_benchmark_items(
         try:
             raw = d.load(key)
             views = index.sample(raw.num_views, key=key)
-            s = process_scene(raw, views, image_size=image_size, use_depth=use_depth, dataset=dataset)
+            s = process_scene(raw, views, image_size=image_size, use_depth=use_depth, dataset=dataset,
+                              require_depth=require_depth)  # fmt: skip
         except SceneSkip as exc:
             yield key, None, None, f"{exc.reason}: {exc.detail}"
             continue
@@ -524,6 +529,7 @@ def evaluate(
         "refine": refine_cfg.to_dict() if refine_cfg else None,
         "use_priors": opts.use_priors,
         "use_depth": opts.use_depth,
+        "require_depth": opts.require_depth,
         "image_size": opts.image_size,
         "compression": opts.compression,
     }
@@ -545,7 +551,7 @@ def evaluate(
         def items(todo_keys: list[str]):
             return iter_benchmark_items(
                 [bench.shard_dir], check.index, todo_keys, image_size=opts.image_size, use_depth=opts.use_depth,
-                device=opts.device, dataset=bench.name,
+                device=opts.device, dataset=bench.name, require_depth=opts.require_depth,
             )  # fmt: skip
 
     todo_set = set(todo)
@@ -612,6 +618,14 @@ def evaluate(
             "%s: %d index scene(s) missing from %s: %s%s", bench.tag, len(missing_list), bench.shard_dir,
             ", ".join(missing_list[:10]), " ..." if len(missing_list) > 10 else "",
         )  # fmt: skip
+    if rows and not any(r.get("status") == "ok" for r in rows):
+        reasons = Counter(str(r).split(":")[0] for r in skipped.values())
+        hint = (" Scenes without depth: add it ('zipsplat-ns depth'), or evaluate them at the camera-baseline scale "
+                "(--baseline-without-depth; not the protocol)." if reasons.get("no_depth") else "")  # fmt: skip
+        raise RuntimeError(
+            f"{bench.tag}: none of the {len(rows)} scene(s) could be evaluated (skipped: {dict(reasons)}); "
+            f"see {folder / 'results.json' if folder is not None else 'the log'}.{hint}"
+        )
     return report
 
 
@@ -680,6 +694,7 @@ def run_benchmark_for_pipeline(
         refine=refine,
         use_priors=use_priors,
         use_depth=bool(getattr(dm.config, "use_depth", True)),
+        require_depth=bool(getattr(dm.config, "eval_requires_depth", True)),
         image_size=int(getattr(dm.config, "image_size", 252)),
         compression=compression,
         device=str(device),
@@ -815,6 +830,10 @@ class EvalCommand:
     """Condition the network on the context cameras and poses."""
     no_depth: bool = False
     """Ignore stored depth: camera-baseline scale for every scene (results labelled scale_source 'baseline')."""
+    baseline_without_depth: bool = False
+    """Evaluate scenes that have no valid depth with their camera-baseline scale (labelled 'baseline') instead of
+    skipping them. The protocol skips them (its scale normalisation needs depth), so numbers with this are not
+    comparable with the reference's; add depth with 'zipsplat-ns depth' where you can."""
     device: str = "auto"
     """Torch device (auto: cuda when available, else cpu)."""
     max_scenes: int | None = None
@@ -844,7 +863,8 @@ class EvalCommand:
         ref = make_preset(self.preset, num_steps=self.refine_steps)
         return EvalOptions(
             align_poses=self.align_poses, preset=self.preset, refine=ref, use_priors=self.use_priors,
-            use_depth=not self.no_depth, image_size=self.image_size, device=device, max_scenes=self.max_scenes,
+            use_depth=not self.no_depth, require_depth=not self.baseline_without_depth, image_size=self.image_size,
+            device=device, max_scenes=self.max_scenes,
             save_renders=self.save_renders, overwrite=self.overwrite, progress=self.progress,
         )  # fmt: skip
 
@@ -904,6 +924,8 @@ class EvalCommand:
                     dm.datasets = ()
             if hasattr(dm, "use_depth"):
                 dm.use_depth = not self.no_depth
+            if hasattr(dm, "eval_requires_depth"):
+                dm.eval_requires_depth = not self.baseline_without_depth
             if hasattr(dm, "image_size"):
                 dm.image_size = self.image_size
             if hasattr(dm, "num_workers"):
