@@ -29,8 +29,10 @@ The experiment of issue 5, item 5, in steps that run where they must (CPU here, 
     ``zipsplat_metrics.jsonl``.
 
 ZipSplat itself is evaluated on the GPU machine with ``zipsplat-ns eval --run-dir RUN --benchmark custom
---views 6 --index-file OUT/heldout_index.json --shard-dir OUT/heldout_shards --save-renders`` (the protocol: 252 px
-crops, fp32, target poses refined with the ``default`` preset); its ``renders/*.npz`` go into ``report``.
+--views 6 --index-file OUT/heldout_index.json --shard-dir OUT/heldout_shards --save-renders
+--baseline-without-depth`` (the protocol: 252 px crops, fp32, target poses refined with the ``default`` preset; held-out
+scenes without depth at their camera-baseline scale, which the protocol would skip); its ``renders/*.npz`` go into
+``report``.
 The whole sequence of commands is in ``benchmarks/learn_small_real/README.md``.
 """
 

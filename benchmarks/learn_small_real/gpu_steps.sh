@@ -77,7 +77,8 @@ finish)
     > "$OUT/train_time.json"
   sleep 2
   zipsplat-ns eval --run-dir $RUN --benchmark custom --views 6 --index-file .devdata/learn/heldout_index.json \
-    --shard-dir .devdata/learn/heldout_shards --output-dir $W/eval --save-renders --preset default --no-progress
+    --shard-dir .devdata/learn/heldout_shards --output-dir $W/eval --save-renders --preset default --no-progress \
+    --baseline-without-depth
   cp $W/eval/custom_heldout_index/renders/*.npz "$OUT/"
   cp $W/eval/custom_heldout_index/results.json "$OUT/zipsplat_eval_results.json"
   collect_progress
