@@ -91,6 +91,26 @@ def test_combined_modes_background_and_empty_pixels():
     assert both.rgb.shape == (3, 48, 64) and both.depth.shape == (1, 48, 64)
 
 
+def test_backgrounds_per_camera_follow_the_camera_layout():
+    """A background is one RGB, one per view ``(V, 3)``, or one per scene and view ``(B, V, 3)``; other shapes are
+    an error naming the accepted ones (a ``(V, 3)`` background once lined up with the scene axis instead)."""
+    g = one_gaussian((0.0, 0.0, 2.0), 0.02, 0.5, (0.2, 0.4, 0.6))
+    cams, poses = Camera(CAM.data.expand(2, 6)), Pose(Pose.identity().data.expand(2, 12))
+    per_view = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = render(g, cams, poses, background=per_view)  # unbatched Gaussians, 2 views
+    assert out.images[:, :, 2, 2].tolist() == per_view.tolist()
+    gb = Gaussians.stack([g, g])  # 2 scenes x 2 views
+    cams2, poses2 = Camera(CAM.data.expand(2, 2, 6)), Pose(Pose.identity().data.expand(2, 2, 12))
+    out = render(gb, cams2, poses2, background=per_view)
+    assert out.images[:, :, :, 2, 2].tolist() == [per_view.tolist()] * 2  # per view, the same in both scenes
+    per_cam = torch.rand(2, 2, 3)
+    out = render(gb, cams2, poses2, background=per_cam)
+    assert torch.allclose(out.images[:, :, :, 2, 2], per_cam)
+    for bad in (torch.zeros(3, 3), torch.zeros(2, 2, 3), torch.zeros(4)):
+        with pytest.raises(ValueError, match=r"background must be \(3,\) RGB, or one RGB per camera"):
+            render(g, cams, poses, background=bad)
+
+
 def test_behind_camera_and_offscreen_are_culled():
     g = Gaussians.cat([one_gaussian((0, 0, -2.0), 0.1, 0.9, (1, 1, 1)), one_gaussian((50.0, 0, 2.0), 0.01, 0.9, (1, 1, 1))])
     out = render(g, CAM, Pose.identity())

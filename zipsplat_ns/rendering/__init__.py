@@ -173,10 +173,16 @@ def render(
         colors = torch.cat([colors[..., :-1], torch.where(alphas > 0, d / alphas.clamp_min(1e-10), torch.zeros_like(d))], -1)
     if background is not None and "RGB" in mode:
         bg = torch.as_tensor(background, dtype=colors.dtype, device=colors.device)
-        if bg.shape[-1] != 3:
-            raise ValueError(f"render: background must have 3 channels (RGB), got shape {tuple(bg.shape)}")
-        while bg.ndim < colors.ndim:
-            bg = bg.unsqueeze(-2)
+        Bc, Vc = colors.shape[:2]  # colors: (B, V, H, W, C), whatever the input's batch shapes
+        lead = tuple(bg.shape[:-1])
+        # one colour, one per view (V, 3), or one per scene and view (B, V, 3), as the cameras are laid out
+        allowed = [(), (Vc,)] + ([(Bc, Vc)] if not unbatched else [])
+        if bg.ndim == 0 or bg.shape[-1] != 3 or lead not in allowed:
+            raise ValueError(
+                f"render: background must be (3,) RGB, or one RGB per camera ({'(V, 3)' if unbatched else '(V, 3) or (B, V, 3)'}"
+                f" for cameras of shape {tuple(cameras.shape)}), got shape {tuple(bg.shape)}"
+            )
+        bg = bg.reshape((1,) * (3 - bg.ndim) + lead + (3,))[..., None, None, :]  # (1|B, 1|V, 1, 1, 3)
         rgb = colors[..., :3] + (1.0 - alphas) * bg
         colors = torch.cat([rgb, colors[..., 3:]], -1)
 
