@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,12 @@ def test_save_is_atomic_and_refuses_bad_input(tmp_path):
     with pytest.raises(ValueError, match="means: contains 1 non-finite"):
         save_ply(bad, tmp_path / "nan.ply")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written, no temp files left
+    old = os.umask(0o027)  # the written file gets the permissions open() would give it under the umask ...
+    try:
+        mode = save_ply(g, tmp_path / "ok.ply").stat().st_mode & 0o777
+        assert mode == 0o640 and os.umask(0o027) == 0o027  # ... and the umask itself is left as it was
+    finally:
+        os.umask(old)
 
 
 def test_load_errors_name_the_file_and_the_problem(tmp_path):
@@ -128,6 +135,21 @@ def test_load_errors_name_the_file_and_the_problem(tmp_path):
     trunc.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(ValueError, match="trunc.ply: truncated data"):
         load_ply(trunc)
+    # a header that counts fewer vertices than the file holds, f_rest with a gap, an all-zero rotation
+    raw = path.read_bytes()
+    fewer = tmp_path / "fewer.ply"
+    fewer.write_bytes(raw.replace(b"element vertex 8", b"element vertex 7"))
+    with pytest.raises(ValueError, match=r"fewer.ply: 104 bytes after the 7 vertices"):
+        load_ply(fewer)
+    gap = tmp_path / "gap.ply"
+    gap.write_bytes(raw.replace(b"property float f_rest_8\n", b"property float f_rest_20\n"))
+    with pytest.raises(ValueError, match=r"gap.ply: the f_rest properties must be f_rest_0 .. f_rest_8"):
+        load_ply(gap)
+    g = random_gaussians(8, 1)
+    g.quats[3] = 0.0
+    zero = save_ply(g, tmp_path / "zero.ply")
+    with pytest.raises(ValueError, match=r"zero.ply: 1 Gaussian\(s\) with an all-zero rotation .* \[3\]"):
+        load_ply(zero)
 
 
 @pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="../shared/data is absent (real sparse point clouds)")

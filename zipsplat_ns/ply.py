@@ -69,14 +69,15 @@ def save_ply(g: Gaussians, path: Union[str, os.PathLike]) -> Path:
     table = gaussians_to_ply_array(g)
     names = property_names(g.sh_degree)
     assert table.shape[1] == len(names)
-    header = ["ply", "format binary_little_endian 1.0", "comment written by zipsplat_ns (3DGS layout, OpenCV axes)"]
+    header = ["ply", "format binary_little_endian 1.0", "comment written by zipsplat_ns (3DGS layout)"]
     header += [f"element vertex {table.shape[0]}"] + [f"property float {n}" for n in names] + ["end_header"]
     data = ("\n".join(header) + "\n").encode("ascii") + np.ascontiguousarray(table, dtype="<f4").tobytes()
     atomic_write(path, data)
     return path
 
 
-def _parse_header(raw: bytes, path: Path) -> Tuple[str, int, List[Tuple[str, str]], int]:
+def _parse_header(raw: bytes, path: Path) -> Tuple[str, int, List[Tuple[str, str]], int, bool]:
+    """``(format, vertex count, vertex properties, data offset, whether 'vertex' is the only element)``."""
     end = raw.find(b"end_header")
     if not raw.startswith(b"ply") or end < 0:
         raise ValueError(f"load_ply: {path} is not a PLY file (missing 'ply' magic or 'end_header')")
@@ -112,7 +113,7 @@ def _parse_header(raw: bytes, path: Path) -> Tuple[str, int, List[Tuple[str, str
     name, count, props = elements[0]
     if any(t == "list" for _, t in props):
         raise ValueError(f"load_ply: {path}: list properties in 'vertex' are not part of the 3DGS layout")
-    return fmt, count, props, nl + 1
+    return fmt, count, props, nl + 1, len(elements) == 1
 
 
 def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
@@ -121,7 +122,7 @@ def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
     if not path.is_file():
         raise FileNotFoundError(f"load_ply: no such file: {path}")
     raw = path.read_bytes()
-    fmt, count, props, offset = _parse_header(raw, path)
+    fmt, count, props, offset, vertex_only = _parse_header(raw, path)
     names = [p for p, _ in props]
     missing = [r for r in _REQUIRED if r not in names]
     if missing:
@@ -134,6 +135,11 @@ def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
         need = count * len(props)
         if len(text) < need:
             raise ValueError(f"load_ply: {path}: truncated ASCII data ({len(text)} of {need} values)")
+        if vertex_only and len(text) > need:
+            raise ValueError(
+                f"load_ply: {path}: {len(text) - need} values after the {count} vertices of the header; its vertex "
+                "count is wrong or the file is corrupt"
+            )
         arr = np.asarray(text[:need], dtype=np.float64).reshape(count, len(props))
         cols = {n: arr[:, i] for i, n in enumerate(names)}
     elif fmt in ("binary_little_endian", "binary_big_endian"):
@@ -142,6 +148,11 @@ def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
         need = count * dtype.itemsize
         if len(raw) - offset < need:
             raise ValueError(f"load_ply: {path}: truncated data ({len(raw) - offset} of {need} bytes for {count} vertices)")
+        if vertex_only and len(raw) - offset > need:
+            raise ValueError(
+                f"load_ply: {path}: {len(raw) - offset - need} bytes after the {count} vertices of the header; its "
+                "vertex count is wrong or the file is corrupt"
+            )
         rec = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
         cols = {n: rec[n] for n in names}
     else:
@@ -153,6 +164,8 @@ def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
     rest = sorted((n for n in names if re.fullmatch(r"f_rest_\d+", n)), key=lambda n: int(n.split("_")[-1]))
     if len(rest) % 3:
         raise ValueError(f"load_ply: {path}: {len(rest)} f_rest properties is not a multiple of 3")
+    if [int(n.split("_")[-1]) for n in rest] != list(range(len(rest))):
+        raise ValueError(f"load_ply: {path}: the f_rest properties must be f_rest_0 .. f_rest_{len(rest) - 1}, got {rest}")
     k = len(rest) // 3 + 1
     sh_degree_from_coeffs(k)
     means = stack(["x", "y", "z"])
@@ -171,6 +184,13 @@ def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
         sh=sh,
     )
     g.validate_finite(f"load_ply: {path}")
+    qnorm = g.quats.norm(dim=-1)
+    if bool((qnorm < 1e-12).any()):
+        bad = torch.nonzero(qnorm < 1e-12)[:, 0].tolist()
+        raise ValueError(
+            f"load_ply: {path}: {len(bad)} Gaussian(s) with an all-zero rotation (rot_0..rot_3), e.g. vertices "
+            f"{bad[:5]}; a rotation quaternion must be nonzero"
+        )
     return g
 
 

@@ -12,6 +12,19 @@ from pathlib import Path
 from typing import IO, Iterator, Union
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS says it (Linux); elsewhere set and restored at once
+    (the umask is process-wide, so another thread could create a file in that instant with the temporary one)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path``, on error it is removed."""
@@ -20,9 +33,7 @@ def atomic_open(path: Union[str, os.PathLike], mode: str = "wb") -> Iterator[IO]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, mode) as f:
             yield f
