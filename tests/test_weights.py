@@ -303,8 +303,8 @@ def test_url_download_and_reuse(
     url = server.base + "/w/ckpt.tar"
 
     path = W.resolve_weights(url)
-    assert path == Path(torch.hub.get_dir()) / "zipsplat" / "ckpt.tar"
-    assert path.is_relative_to(tmp_path / "th")
+    assert path == W.url_cache_path(url) and path.name == "ckpt.tar"
+    assert path.is_relative_to(tmp_path / "th" / "hub" / "zipsplat" / "urls")
     assert path.read_bytes() == server.files["/w/ckpt.tar"]
     assert not path.with_name("ckpt.tar.part").exists()
     assert len(server.requests) == 1
@@ -320,9 +320,9 @@ def test_url_404(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FakeSe
     with pytest.raises(W.WeightsDownloadError, match="404") as info:
         W.resolve_weights(url)
     assert url in str(info.value)
-    folder = tmp_path / "th" / "hub" / "zipsplat"
-    assert not (folder / "missing.tar").exists()
-    assert not (folder / "missing.tar.part").exists()
+    final = W.url_cache_path(url)
+    assert final.is_relative_to(tmp_path / "th")
+    assert not final.exists() and not final.with_name("missing.tar.part").exists()
 
 
 def test_url_truncated_then_resumed(
@@ -333,7 +333,7 @@ def test_url_truncated_then_resumed(
     server.files["/ckpt.pth"] = data
     server.truncate_to = len(data) // 2
     url = server.base + "/ckpt.pth"
-    final = tmp_path / "th" / "hub" / "zipsplat" / "ckpt.pth"
+    final = W.url_cache_path(url)
 
     with pytest.raises(W.WeightsDownloadError, match="resume"):
         W.resolve_weights(url)
@@ -355,13 +355,32 @@ def test_url_resume_server_ignores_range(
     data = _ckpt_bytes(tmp_path, state_dict)
     server.files["/ckpt.tar"] = data
     server.honour_range = False
-    folder = tmp_path / "th" / "hub" / "zipsplat"
+    folder = W.url_cache_path(server.base + "/ckpt.tar").parent
     folder.mkdir(parents=True)
     (folder / "ckpt.tar.part").write_bytes(b"stale bytes")
 
     path = W.resolve_weights(server.base + "/ckpt.tar")
     assert server.requests[-1][1] == "bytes=11-"
     assert path.read_bytes() == data
+
+
+def test_urls_with_the_same_file_name_are_cached_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FakeServer, state_dict: dict[str, torch.Tensor]
+) -> None:
+    """``.../a/model.pth`` and ``.../b/model.pth`` are different weights: each is fetched and cached on its own, and a
+    partial download of one is never resumed from the other."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    other = {k: v + 1 for k, v in state_dict.items()}
+    server.files["/a/model.pth"] = _ckpt_bytes(tmp_path, state_dict)
+    server.files["/b/model.pth"] = _ckpt_bytes(tmp_path, other)
+    ua, ub = server.base + "/a/model.pth", server.base + "/b/model.pth"
+    W.url_cache_path(ua).parent.mkdir(parents=True)
+    W.url_cache_path(ua).with_name("model.pth.part").write_bytes(server.files["/a/model.pth"][:100])  # A, cut short
+    assert_same(W.load_state_dict_from_source(ub), other)
+    assert server.requests == [("/b/model.pth", None)]  # a fresh transfer, not a resume of A's bytes
+    assert_same(W.load_state_dict_from_source(ua), state_dict)
+    assert server.requests[-1] == ("/a/model.pth", "bytes=100-")
+    assert W.url_cache_path(ua) != W.url_cache_path(ub)
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ backbone initialisation used for training (``backbone.backbone.*`` and ``backbon
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
@@ -33,11 +34,12 @@ from typing import Any, NamedTuple, Union
 
 import torch
 
-from zipsplat_ns.utils.download import DownloadError
+from zipsplat_ns.utils.download import DownloadError, filename_from_url
 from zipsplat_ns.utils.download import download_url as _download_url
 
 __all__ = [
     "RELEASED_WEIGHTS",
+    "url_cache_path",
     "DA3_EMBED_DIMS",
     "TORCH_PICKLE_SUFFIXES",
     "WeightsDownloadError",
@@ -140,7 +142,7 @@ def _resolve_released(name: str) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         logger.warning("huggingface_hub is not installed; downloading %s directly", url)
-        return download_url(url)
+        return download_url(url, ref_copy.parent)  # where the reference package would cache it
 
     cache_dir = _hf_cache_dir()
     offline = _hf_offline()
@@ -236,15 +238,24 @@ def _url_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "zipsplat"
 
 
+def url_cache_path(url: str) -> Path:
+    """Where weights downloaded from ``url`` are cached: ``<hub dir>/zipsplat/urls/<sha256(url)[:16]>/<file name>``.
+
+    The whole URL names the folder, so two URLs whose files share a name (``.../model.safetensors``) never reuse
+    each other's file, nor resume each other's ``.part``."""
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return _url_cache_dir() / "urls" / digest / filename_from_url(url)
+
+
 def download_url(url: str, dest_dir: WeightsSource | None = None) -> Path:
-    """Download ``url`` into ``dest_dir`` (default ``torch.hub.get_dir()/zipsplat``) and return the path.
+    """Download ``url`` into ``dest_dir`` (default: its own folder, :func:`url_cache_path`) and return the path.
 
     An existing final file is reused without touching the network. Data is written to
     ``<name>.part`` and renamed when complete; an existing ``.part`` is resumed with an HTTP Range
     request (restarted if the server ignores the range). The machinery lives in
     :func:`zipsplat_ns.utils.download.download_url`; failures raise :class:`WeightsDownloadError`.
     """
-    folder = Path(dest_dir).expanduser() if dest_dir is not None else _url_cache_dir()
+    folder = Path(dest_dir).expanduser() if dest_dir is not None else url_cache_path(url).parent
     return _download_url(
         url,
         folder,
