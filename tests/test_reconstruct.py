@@ -114,6 +114,50 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(tmp_path, make, message):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_options_are_checked_before_any_work(tmp_path):
+    """Out-of-range options are one clear error each, raised before anything is staged or written."""
+    imgs = write_images(tmp_path / "imgs", [(64, 48), (48, 64)])
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (("--fov-deg", "0"), r"--fov-deg must be in \(0, 180\)"),
+        (("--video-fps", "-5"), "--video-fps must be >= 1"),
+        (("--video-size", "0"), "--video-size must be >= 1"),
+        (("--video-frames", "0"), "--video-frames must be >= 1"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ReconstructError, match=message):
+            reconstruct(imgs, tmp_path / "out", *extra)
+    import tyro
+
+    def run(*args: str):
+        return tyro.cli(ReconstructCommand, args=[str(imgs), "--output-dir", str(tmp_path / "out"), *args]).run()
+
+    with pytest.raises(ReconstructError, match="--gaussians-per-token must be >= 1"):
+        run("--weights", "random-tiny", "--gaussians-per-token", "0")
+    with pytest.raises(ReconstructError, match="afile is a file"):
+        reconstruct(imgs, tmp_path / "afile")
+    if not torch.cuda.is_available():
+        with pytest.raises(ReconstructError, match="--device cuda, but torch sees no CUDA GPU here; use --device cpu"):
+            run("--weights", "random-tiny", "--device", "cuda")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "imgs"]
+
+
+def test_unreadable_and_damaged_images_are_named(tmp_path):
+    """An unreadable image in a folder is left out and reported (console, reconstruct.json with the names of the
+    views used); one whose header reads but whose data is cut short fails at once, naming the file."""
+    imgs = write_images(tmp_path / "imgs", [(64, 48), (48, 64), (64, 64)])
+    (imgs / "view_09.jpg").write_bytes(b"garbage")
+    rep = reconstruct(imgs, tmp_path / "out")
+    assert rep["views"] == [0, 1, 2] and rep["view_names"] == ["view_00.jpg", "view_01.png", "view_02.jpg"]
+    assert [x["name"] for x in rep["skipped_inputs"]] == ["view_09.jpg"]
+    (imgs / "view_09.jpg").unlink()
+    data = (imgs / "view_02.jpg").read_bytes()
+    (imgs / "view_02.jpg").write_bytes(data[: len(data) // 2])  # header intact, scan data cut
+    with pytest.raises(ReconstructError, match=r"view_02.jpg cannot be decoded .*remove or replace that file"):
+        reconstruct(imgs, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
 # ------------------------------------------------------------------------------------------- end to end
 @needs_shared
 @pytest.mark.slow
@@ -210,6 +254,10 @@ def test_weights_file_by_reference_and_training_run(tmp_path):
     rep = reconstruct(imgs, tmp_path / "out", "--variant", "tiny", weights=str(wfile))
     ckpt = torch.load(tmp_path / "out" / "nerfstudio_models" / "step-000000000.ckpt", map_location="cpu")
     assert ckpt["pipeline"] == {"zipsplat_weights_ref": str(wfile.resolve())}
+    from zipsplat_ns.models.weights import CheckpointFormatError, load_state_dict_from_source
+
+    with pytest.raises(CheckpointFormatError, match=r"reconstruct run that refers to its weights .*tiny.safetensors"):
+        load_state_dict_from_source(tmp_path / "out" / "nerfstudio_models" / "step-000000000.ckpt")
     assert rep["num_gaussians"] == 2 * 324 * 32
 
     # the same Gaussians as the network itself on the same (cropped, resized) views

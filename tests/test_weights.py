@@ -516,9 +516,19 @@ def test_reference_layout_checkpoints_load_strictly_and_reproduce(tmp_path: Path
     save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
     for path in (tar, ddp, st):
         _assert_same_output(ZipSplat("small", weights=path), images, ref)
-    # A checkpoint of another variant fails loudly (strict), naming missing/unexpected keys.
-    with pytest.raises(RuntimeError, match="Missing key|size mismatch|Unexpected key"):
+    # A checkpoint of another variant fails loudly (strict) with a short summary and the layout the file has.
+    with pytest.raises(ValueError, match=r"zipsplat-small.tar' do not fit this network: the network is 'tiny' with "
+                                         r"32 Gaussians per token; \d+ missing keys .*shape mismatches.*looks like "
+                                         r"'small' with 32 Gaussians per token: pass --variant small"):
         ZipSplat("tiny", weights=tar)
+    # the same variant with another head size (ns-train zipsplat-tiny uses 8 Gaussians per token)
+    torch.manual_seed(0)
+    eight = tmp_path / "tiny8.safetensors"
+    save_file({k: v.contiguous() for k, v in ZipSplat("tiny", gaussians_per_token=8).state_dict().items()}, str(eight))
+    with pytest.raises(ValueError, match=r"2 shape mismatches \(e.g. gaussian_head.gaussian_head.1.weight: file "
+                                         r"\(184, 320\), network \(736, 320\).*--variant tiny --gaussians-per-token 8"):
+        ZipSplat("tiny", weights=eight)
+    ZipSplat("tiny", gaussians_per_token=8, weights=eight)  # as the message says
 
 
 def test_released_name_through_the_network_with_a_fake_hub_cache(

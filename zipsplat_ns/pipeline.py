@@ -58,13 +58,12 @@ from nerfstudio.viewer.viewer_elements import ViewerControl
 
 from zipsplat_ns.datamanagers.zipsplat_datamanager import ZipSplatDataManagerConfig
 from zipsplat_ns.eval.runner import run_benchmark_for_pipeline
+from zipsplat_ns.models.weights import WEIGHTS_REF_KEY
 from zipsplat_ns.models.zipsplat_model import ZipSplatModelConfig
 from zipsplat_ns.schedules import max_views, resume_seed
 
 logger = logging.getLogger(__name__)
 METRICS_FILENAME = "zipsplat_metrics.jsonl"
-WEIGHTS_REF_KEY = "zipsplat_weights_ref"
-"""Pipeline-state key of a checkpoint that names its network weights instead of holding them."""
 VIEWER_MAX_SCENES = 500
 """Scenes listed in the viewer's scene dropdown (the first ones of the test, then train, shards)."""
 

@@ -107,26 +107,44 @@ def even_frames(num_views: int, count: int) -> List[int]:
     return sorted(set(np.round(np.linspace(0, num_views - 1, max(1, count))).astype(int).tolist()))
 
 
+@dataclass
+class StagedInput:
+    """The input as one shard scene: its key, the context frames (indices into the staged scene), whether it has
+    real poses, the source name of each context frame, and the input frames left out (``(name, reason)``)."""
+
+    key: str
+    frames: List[int]
+    posed: bool
+    view_names: List[str]
+    skipped: List[Tuple[str, str]]
+
+
 def stage_input(
     source: str, kind: InputKind, data_dir: Path, *, num_frames: int, fov_deg: float, scene: Optional[str],
     progress: bool,
-) -> Tuple[str, List[int], bool]:  # fmt: skip
-    """Write the input as one shard scene into ``data_dir``; returns ``(key, context frames, posed)``."""
+) -> StagedInput:  # fmt: skip
+    """Write the input as one shard scene into ``data_dir``. Input frames that cannot be read are left out and
+    reported; every context image is decoded here, so a damaged one fails now, by name."""
     from zipsplat_ns.data.converters import ConvertError, convert_media, convert_nerfstudio
     from zipsplat_ns.data.dataset import ShardDirectory
     from zipsplat_ns.data.scene import SceneError
     from zipsplat_ns.data.shards import ShardWriter
 
+    from zipsplat_ns.data.images import decode_image
+
     if scene is not None and kind != "shards":
         raise ReconstructError("reconstruct: --scene only applies to a shard folder")
+    skipped: List[Tuple[str, str]] = []
     try:
         if kind in ("images", "video"):
-            convert_media(os.path.expanduser(source), data_dir, num_frames=num_frames, fov_deg=fov_deg,
-                          progress=progress)  # fmt: skip
+            report = convert_media(os.path.expanduser(source), data_dir, num_frames=num_frames, fov_deg=fov_deg,
+                                   progress=progress)  # fmt: skip
+            skipped = [f for frames in report.skipped_frames.values() for f in frames]
         elif kind == "nerfstudio":
             report = convert_nerfstudio(Path(source).expanduser(), data_dir, progress=progress)
             if report.num_converted != 1:
                 raise ReconstructError(f"reconstruct: {source} could not be converted ({report.skipped})")
+            skipped = [f for frames in report.skipped_frames.values() for f in frames]
         else:
             src = ShardDirectory(Path(source).expanduser())
             keys = src.keys()
@@ -148,7 +166,18 @@ def stage_input(
     raw = d.load(key)
     posed = raw.meta.get("posed", True) is not False
     frames = list(range(raw.num_views)) if kind in ("images", "video") else even_frames(raw.num_views, num_frames)
-    return key, frames, posed
+    names = raw.meta.get("frames")
+    if not (isinstance(names, list) and len(names) == raw.num_views):
+        names = [f"view {i}" for i in range(raw.num_views)]
+    view_names = [str(names[i]) for i in frames]
+    for i, name in zip(frames, view_names):
+        try:
+            decode_image(raw.images[i], name=name)
+        except ValueError as exc:
+            raise ReconstructError(
+                f"reconstruct: {source}: {name} cannot be decoded ({exc}); remove or replace that file"
+            ) from exc
+    return StagedInput(key, frames, posed, view_names, skipped)
 
 
 # ----------------------------------------------------------------------------------------------------- weights
@@ -210,7 +239,8 @@ def plan_weights(weights: str, variant: str, seed: int, gaussians_per_token: Opt
     source = str(p.resolve()) if p.is_file() else weights
     cfg = method_config(variant)
     # the released layout (32 Gaussians per token), not the method's training choice (tiny trains with fewer)
-    cfg.pipeline.model.gaussians_per_token = int(gaussians_per_token or ZipSplatModelConfig.gaussians_per_token)
+    gpt = ZipSplatModelConfig.gaussians_per_token if gaussians_per_token is None else int(gaussians_per_token)
+    cfg.pipeline.model.gaussians_per_token = gpt
     return WeightsPlan(variant, source, cfg, f"{weights} ({variant})")
 
 
@@ -305,6 +335,10 @@ class ReconstructCommand:
             f"[bold green]reconstructed[/bold green] {report['input']} ({report['input_kind']}, "
             f"{len(report['views'])} views) -> {report['num_gaussians']:,} Gaussians with {report['weights']}"
         )
+        if report.get("skipped_inputs"):
+            left = report["skipped_inputs"]
+            console.print(f"[yellow]left out {len(left)} input frame(s) that could not be read:[/yellow] "
+                          + "; ".join(f"{x['name']} ({x['reason']})" for x in left[:5]) + (" ..." if len(left) > 5 else ""))  # fmt: skip
         console.print(f"  view:   ns-viewer --load-config {d}/config.yml")
         console.print(f"  export: ns-export gaussian-splat --load-config {d}/config.yml --output-dir {d}/export")
         console.print(f"  ply:    {d}/scene.ply" + (f"   video: {report['video']}" if report.get("video") else ""))
@@ -318,11 +352,22 @@ class ReconstructCommand:
             raise ReconstructError(f"reconstruct: --compression must be in (0, 1], got {self.compression}")
         if self.num_frames < 1:
             raise ReconstructError(f"reconstruct: --num-frames must be >= 1, got {self.num_frames}")
+        if not 0.0 < self.fov_deg < 180.0:
+            raise ReconstructError(f"reconstruct: --fov-deg must be in (0, 180) degrees, got {self.fov_deg}")
+        for flag, value in (("--video-frames", self.video_frames), ("--video-size", self.video_size),
+                            ("--video-fps", self.video_fps), ("--gaussians-per-token", self.gaussians_per_token)):  # fmt: skip
+            if value is not None and value < 1:
+                raise ReconstructError(f"reconstruct: {flag} must be >= 1, got {value}")
         final = self.output_dir.expanduser().resolve()
+        if final.exists() and not final.is_dir():
+            raise ReconstructError(f"reconstruct: --output-dir {final} is a file; give a folder (new or empty)")
         if final.exists() and any(final.iterdir()) and not self.overwrite:
             raise ReconstructError(f"reconstruct: {final} exists and is not empty; pass --overwrite or choose another")
         kind = detect_input(self.input)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ReconstructError(f"reconstruct: --device {self.device}, but torch sees no CUDA GPU here; use "
+                                   "--device cpu (or auto)")  # fmt: skip
         plan = plan_weights(self.weights, self.variant, self.seed, self.gaussians_per_token)
         final.parent.mkdir(parents=True, exist_ok=True)
         stage = final.parent / f".{final.name}.partial-{os.getpid()}"
@@ -330,8 +375,11 @@ class ReconstructCommand:
         stage.mkdir()
         try:
             t0 = time.perf_counter()
-            key, frames, posed = stage_input(self.input, kind, stage / "data", num_frames=self.num_frames,
-                                             fov_deg=self.fov_deg, scene=self.scene, progress=self.progress)  # fmt: skip
+            staged = stage_input(self.input, kind, stage / "data", num_frames=self.num_frames, fov_deg=self.fov_deg,
+                                 scene=self.scene, progress=self.progress)  # fmt: skip
+            key, frames, posed = staged.key, staged.frames, staged.posed
+            for name, why in staged.skipped:
+                logger.warning("reconstruct: %s left out: %s", name, why)
             if self.use_priors and not posed:
                 raise ReconstructError(
                     f"reconstruct: --use-priors needs posed input; {self.input} is {kind} (identity poses, guessed "
@@ -339,6 +387,8 @@ class ReconstructCommand:
                 )
             atomic_write(stage / "data" / INDEX_NAME, json.dumps({key: {"context": frames, "target": []}}, indent=2))
             report = self._predict(plan, kind, key, frames, stage, final, device)
+            report["view_names"] = staged.view_names
+            report["skipped_inputs"] = [{"name": n, "reason": r} for n, r in staged.skipped]
             report["time_total_s"] = round(time.perf_counter() - t0, 3)
             atomic_write(stage / "reconstruct.json", json.dumps(report, indent=2) + "\n")
             if final.exists():
@@ -422,4 +472,6 @@ class ReconstructCommand:
         atomic_write(path, yaml.dump(cfg))
 
 
-__all__ = ["ReconstructCommand", "ReconstructError", "detect_input", "even_frames", "plan_weights", "stage_input"]
+__all__ = [
+    "ReconstructCommand", "ReconstructError", "StagedInput", "detect_input", "even_frames", "plan_weights", "stage_input",
+]  # fmt: skip

@@ -11,7 +11,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,21 @@ def _tf32_matmuls(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def _guess_layout(sd: Mapping[str, Tensor], sh_degree: int) -> tuple[str, int] | None:
+    """``(variant, Gaussians per token)`` that a ZipSplat state dict was saved from, when its ViT width, depth and
+    head size say so; None otherwise."""
+    pe, head = sd.get("backbone.backbone.patch_embed.proj.weight"), sd.get("gaussian_head.gaussian_head.1.weight")
+    if pe is None or head is None:
+        return None
+    prefix = "backbone.backbone.blocks."
+    depth = 1 + max((int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)), default=-1)
+    variants = [v for v, spec in BACKBONE_SPECS.items() if spec.embed_dim == pe.shape[0] and spec.depth == depth]
+    per = 11 + 3 * (sh_degree + 1) ** 2
+    if len(variants) != 1 or head.shape[0] % per:
+        return None
+    return variants[0], head.shape[0] // per
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -337,7 +352,32 @@ class ZipSplat(nn.Module):
         from zipsplat_ns.models.weights import load_state_dict_from_source
 
         sd = load_state_dict_from_source(source, allow_pickle=allow_pickle)
+        problem = self.layout_mismatch(sd)
+        if problem is not None:
+            raise ValueError(f"weights {str(source)!r} do not fit this network: {problem}")
         self.load_state_dict(sd, strict=True)
+
+    def layout_mismatch(self, sd: Mapping[str, Tensor]) -> str | None:
+        """Why the state dict ``sd`` cannot load into this network (a short summary, and the variant and Gaussians
+        per token the file looks like), or None when its keys and shapes fit."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        shapes = [f"{k}: file {tuple(sd[k].shape)}, network {tuple(v.shape)}"
+                  for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]  # fmt: skip
+        if not (missing or unexpected or shapes):
+            return None
+        parts = [f"{len(x)} {what} (e.g. {', '.join(x[:2])})"
+                 for what, x in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+                 if x]  # fmt: skip
+        cfg = self.config
+        msg = f"the network is {cfg.variant!r} with {cfg.gaussians_per_token} Gaussians per token; " + "; ".join(parts)
+        guess = _guess_layout(sd, cfg.sh_degree)
+        if guess is not None:
+            variant, gpt = guess
+            msg += (f". The file looks like {variant!r} with {gpt} Gaussians per token: pass --variant {variant} "
+                    f"--gaussians-per-token {gpt} (Python: ZipSplat({variant!r}, gaussians_per_token={gpt}))")  # fmt: skip
+        return msg
 
     def load_backbone_weights(self, source: str | os.PathLike, *, allow_pickle: bool = False) -> None:
         """Initialise ``backbone.*`` (DA3 ViT + camera encoder) from converted DA3 weights; the rest keeps its init.

@@ -39,6 +39,7 @@ from zipsplat_ns.utils.download import download_url as _download_url
 
 __all__ = [
     "RELEASED_WEIGHTS",
+    "WEIGHTS_REF_KEY",
     "url_cache_path",
     "DA3_EMBED_DIMS",
     "TORCH_PICKLE_SUFFIXES",
@@ -374,6 +375,8 @@ def _load_torch(path: Path, allow_pickle: bool) -> Any:
 
 
 NERFSTUDIO_NET_PREFIXES: tuple[str, ...] = ("_model.net.", "_model.module.net.")
+WEIGHTS_REF_KEY = "zipsplat_weights_ref"
+"""The only key of a ``zipsplat-ns reconstruct`` checkpoint that names its weights instead of holding them."""
 
 
 def _nerfstudio_network(pipeline_state: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -383,6 +386,11 @@ def _nerfstudio_network(pipeline_state: Mapping[str, Any], path: Path) -> dict[s
         for prefix in NERFSTUDIO_NET_PREFIXES:
             if isinstance(key, str) and key.startswith(prefix):
                 out[key[len(prefix):]] = value
+    if not out and WEIGHTS_REF_KEY in pipeline_state:
+        raise CheckpointFormatError(
+            f"Weights file {str(path)!r} is the checkpoint of a zipsplat-ns reconstruct run that refers to its weights "
+            f"instead of holding them; pass those weights instead: {pipeline_state[WEIGHTS_REF_KEY]!r}"
+        )
     if not out:
         raise CheckpointFormatError(
             f"Weights file {str(path)!r} is a nerfstudio checkpoint without ZipSplat network weights "
