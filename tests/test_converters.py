@@ -379,6 +379,51 @@ def test_media_folder_glob_and_sizes(tmp_path):
     assert s.num_views == 1 and abs(s.cameras[0, 2] - 32.0) < 1e-4
 
 
+def _jpeg_with_orientation(pixels: np.ndarray, orientation: int | None) -> bytes:
+    """A JPEG of ``pixels`` (as stored, before any EXIF rotation), with EXIF Orientation ``orientation`` if given."""
+    import io
+
+    from PIL import Image
+
+    im, buf = Image.fromarray(pixels), io.BytesIO()
+    if orientation is None:
+        im.save(buf, format="JPEG", quality=95)
+    else:
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.save(buf, format="JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def test_media_photos_are_turned_upright_by_their_exif_orientation(tmp_path, capsys):
+    """A phone photo stored sideways (64x48 pixels, Orientation 6 = rotate 90 degrees clockwise to view) is stored
+    upright as 48x64 with a camera for that size; photos without the tag or with Orientation 1 keep their bytes
+    (so does an invalid value, which is reported)."""
+    d = tmp_path / "phone"
+    d.mkdir()
+    stored = random_image(64, 48, 3)
+    stored[:12, :16] = (255, 0, 0)  # a red block in the stored top-left corner: the top-right once upright
+    sideways = _jpeg_with_orientation(stored, 6)
+    (d / "a_sideways.jpg").write_bytes(sideways)
+    (d / "b_plain.jpg").write_bytes(plain := _jpeg_with_orientation(random_image(40, 30, 4), None))
+    (d / "c_upright.jpg").write_bytes(upright := _jpeg_with_orientation(random_image(40, 30, 5), 1))
+    (d / "d_odd.jpg").write_bytes(odd := _jpeg_with_orientation(random_image(40, 30, 6), 9))  # not a valid value
+    capsys.readouterr()
+    convert_media(d, tmp_path / "o", progress=False)
+    log = " ".join(capsys.readouterr().err.split())
+    assert "convert media: phone: 1 of 4 image(s) rotated upright by their EXIF orientation" in log
+    assert "1 with an invalid Orientation value, stored as they are: d_odd.jpg (9)" in log
+    s = read_all(tmp_path / "o")["phone"]
+    assert s.meta["frames"] == ["a_sideways.jpg", "b_plain.jpg", "c_upright.jpg", "d_odd.jpg"]
+    img = decode_image(s.images[0])
+    assert img.shape == (64, 48, 3) and s.cameras[0, :2].tolist() == [48, 64]
+    np.testing.assert_allclose(s.cameras[0, 4:], [24, 32])
+    np.testing.assert_array_equal(img, np.rot90(decode_image(sideways), -1))  # clockwise, lossless re-encoding
+    assert img[2:10, -10:-2, 0].min() > 200 and img[2:10, -10:-2, 1:].max() < 60  # the red block is top-right
+    assert s.images[1] == plain and s.images[2] == upright and s.images[3] == odd  # the files' own bytes
+    assert s.cameras[1, :2].tolist() == [40, 30] and s.cameras[2, :2].tolist() == [40, 30]
+
+
 def test_media_video(tmp_path):
     v = write_video(tmp_path / "clip.mp4", n=12)
     rep = convert_media(v, tmp_path / "o", num_frames=4, progress=False)

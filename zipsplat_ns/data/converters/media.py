@@ -3,16 +3,23 @@
 Poses are identity and each view gets a centred pinhole camera with a guessed horizontal field of view;
 ``meta["posed"]`` is ``False`` so that nothing downstream mistakes them for real poses. Views of different sizes
 are fine (cameras are per view); ``--square`` centre-crops every view to a square of one common size instead.
+
+Photos whose EXIF Orientation tag says the pixels are stored rotated or mirrored (phones do this) are turned upright
+first (the size and camera follow) and re-encoded like every other re-encoded view (lossless WebP); photos without
+the tag, or with Orientation 1, are stored exactly as before. Only this converter does it: the benchmark converters
+match the reference data, which has no EXIF handling.
 """
 
 from __future__ import annotations
 
 import glob as globlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
+from rich.console import Console
 
 from zipsplat_ns.data.converters.common import (
     BaseConvertConfig,
@@ -33,6 +40,34 @@ from zipsplat_ns.data.converters.common import (
 from zipsplat_ns.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 _GLOB_CHARS = set("*?[")
+EXIF_ORIENTATION = 0x0112  # the TIFF/EXIF Orientation tag: 1 = upright, 2-8 = mirrored and/or rotated
+
+
+def exif_orientation(data: bytes, name: str = "image") -> Any:
+    """The EXIF Orientation value of an encoded image (``None`` without the tag); raises ``ValueError`` naming
+    ``name`` when the bytes are not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"eXIf" not in data and b"Raw profile type exif" not in data:
+        return None  # PIL decodes a whole PNG to look for EXIF (an eXIf chunk may follow the pixels); none here
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.getexif().get(EXIF_ORIENTATION)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {name} as an image ({exc})") from exc
+
+
+def exif_upright(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode to uint8 RGB ``(H, W, 3)`` turned upright by the EXIF orientation (``PIL.ImageOps.exif_transpose``),
+    so that a phone photo stored sideways is seen the way it was taken."""
+    from PIL import Image, UnidentifiedImageError
+    from PIL import ImageOps as PILImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.array(PILImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot decode {name} ({len(data)} bytes): {exc}") from exc
 
 
 def _identity_row() -> np.ndarray:
@@ -124,12 +159,23 @@ def convert_media(
         square_size = min(sides) if sides else None
     ops = ImageOps(undistort=False, square=square, square_size=square_size, max_size=max_size)
 
+    rotated: list[str] = []  # photos turned upright by their EXIF orientation
+    odd_tags: list[str] = []  # photos whose Orientation value is not 1-8: stored as they are, and said so
+
     def add(data, label: str) -> None:
+        orientation = None if isinstance(data, np.ndarray) else exif_orientation(data, label)
+        turned = orientation in (2, 3, 4, 5, 6, 7, 8)
+        if turned:
+            data = exif_upright(data, label)  # pixels now, so re-encoded like a video frame (lossless WebP)
         w, h = (data.shape[1], data.shape[0]) if isinstance(data, np.ndarray) else image_size(data, label)
         img, cam = process_view(data, fov_camera(w, h, fov_deg), None, ops, name=label)
         cams.append(cam)
         images.append(img)
         names.append(label)
+        if turned:
+            rotated.append(label)
+        elif orientation not in (None, 1):
+            odd_tags.append(f"{label} ({orientation!r})")
 
     with (
         progress_bar(progress) as prog,
@@ -165,6 +211,11 @@ def convert_media(
         except SceneSkipped as exc:
             raise ConvertError(f"convert media: {src}: {exc.reason}") from exc
         out.add("all", scene, skipped)
+    if rotated or odd_tags:
+        line = f"convert media: {key}: {len(rotated)} of {len(images)} image(s) rotated upright by their EXIF "
+        line += "orientation" + (f"; {len(odd_tags)} with an invalid Orientation value, stored as they are: "
+                                 f"{', '.join(odd_tags[:5])}" if odd_tags else "")  # fmt: skip
+        Console(stderr=True).print(line, markup=False, highlight=False)
     return report
 
 
@@ -173,7 +224,7 @@ class MediaConvertConfig(BaseConvertConfig):
     """Turn an image folder, a glob pattern ("photos/*.jpg") or a video into one UNPOSED scene for inference.
 
     Poses are identity and intrinsics a guess from --fov-deg (meta "posed": false). Views keep their own sizes
-    unless --square is given.
+    unless --square is given. Photos with an EXIF orientation (phones) are turned upright first.
     """
 
     key: Optional[str] = None
