@@ -274,17 +274,112 @@ def test_resize_writes_square_copies_with_matching_intrinsics_and_depth(tmp_path
 
     src = tmp_path / "src"
     write_shards([make_scene("r0", n=3, h=24, w=40), make_scene("r1", n=3, depth=False, h=30, w=20)], src)
-    report = resize_shards(src, tmp_path / "dst", size=16)
+    report = resize_shards(src, tmp_path / "dst", size=28)
     assert sorted(report.good) == ["r0", "r1"] and report.bad == []
     out = {s.key: s for p in list_shards(tmp_path / "dst") for s in iter_scenes(p)}
-    # 40x24 -> cover 16: scale 16/24 -> 26.67x16 rounded to even 26x16, centre crop offset (26-16)//2 = 5
+    # 40x24 -> cover 28: scale 28/24 -> 46.67x28 rounded to even 46x28, centre crop offset (46-28)//2 = 9
     cam = out["r0"].cameras[0]
-    assert cam[:2].tolist() == [16, 16]
-    assert cam[2] == pytest.approx(30.0 * 26 / 40, rel=1e-5) and cam[4] == pytest.approx(20.0 * 26 / 40 - 5, rel=1e-5)
-    assert decode_image(out["r0"].images[0]).shape == (16, 16, 3)
+    assert cam[:2].tolist() == [28, 28]
+    assert cam[2] == pytest.approx(30.0 * 46 / 40, rel=1e-5) and cam[4] == pytest.approx(20.0 * 46 / 40 - 9, rel=1e-5)
+    assert decode_image(out["r0"].images[0]).shape == (28, 28, 3)
     d = decode_depth(out["r0"].depths[0], out["r0"].depth_ranges[0])
-    assert d.shape == (16, 16) and (d > 0).mean() > 0.9
-    assert out["r1"].depths is None and decode_image(out["r1"].images[2]).shape == (16, 16, 3)
+    assert d.shape == (28, 28) and (d > 0).mean() > 0.9
+    assert out["r1"].depths is None and decode_image(out["r1"].images[2]).shape == (28, 28, 3)
+
+
+def _split_root(tmp_path: Path) -> Path:
+    """A dataset root as `zipsplat-ns synth` writes it: shards only in train-scenes/ and test-scenes/."""
+    root = tmp_path / "data"
+    write_shards([make_scene("t0", n=3, seed=0), make_scene("t1", n=3, seed=1)], root / "train-scenes")
+    write_shards([make_scene("e0", n=3, seed=2)], root / "test-scenes")
+    return root
+
+
+def _undecodable(key: str) -> RawScene:
+    scene = make_scene(key, n=3)
+    scene.images[1] = b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
+    return scene
+
+
+@pytest.mark.parametrize("tool", ["repack", "resize"])
+def test_repack_and_resize_refuse_an_input_without_shards_before_writing(tmp_path, tool):
+    """A split root (shards one level down) or an image folder is refused by name, and nothing is created."""
+    from zipsplat_ns.data.shard_tools import resize_shards
+
+    run = repack_shards if tool == "repack" else resize_shards
+    root = _split_root(tmp_path)
+    with pytest.raises(ValueError, match="holds no \\*.tar shards itself") as err:
+        run(root, tmp_path / "out")
+    assert f"run it on {root / 'test-scenes'} and {root / 'train-scenes'}" in str(err.value)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(encode_image(np.zeros((8, 8, 3), np.uint8), "png"))
+    with pytest.raises(ValueError, match=f"{photos} holds no \\*.tar shards"):
+        run(photos, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "photos"]  # no output, no staging folder
+
+
+@pytest.mark.parametrize("size", [0, -14, 16, 251])
+def test_resize_refuses_a_size_the_network_cannot_take_before_writing(tmp_path, size):
+    from zipsplat_ns.data.shard_tools import resize_shards
+
+    write_shards([make_scene("r0", n=3)], tmp_path / "src")
+    with pytest.raises(ValueError, match=f"positive multiple of 14 .*got {size}"):
+        resize_shards(tmp_path / "src", tmp_path / "dst", size=size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("tool", ["repack", "resize"])
+def test_a_run_that_writes_no_scene_fails_and_leaves_the_output_as_it_was(tmp_path, tool):
+    """Every scene bad: an error naming the reasons, no new output, and an --overwrite target keeps its shards."""
+    from zipsplat_ns.data.shard_tools import NothingWritten, resize_shards
+
+    run = repack_shards if tool == "repack" else (lambda s, d, **kw: resize_shards(s, d, size=28, **kw))
+    with ShardWriter(tmp_path / "src", validate=False) as w:
+        w.add(_undecodable("bad_a"))
+        w.add(_undecodable("bad_b"))
+    with pytest.raises(NothingWritten, match="all 2 scene\\(s\\) are bad \\(bad_a: cannot decode img1") as err:
+        run(tmp_path / "src", tmp_path / "dst")
+    assert [k for _, k, _ in err.value.report.bad] == ["bad_a", "bad_b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    write_shards([make_scene("old")], tmp_path / "dst")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "dst").iterdir()}
+    with pytest.raises(NothingWritten):
+        run(tmp_path / "src", tmp_path / "dst", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "dst").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_shards_cli_repack_and_resize_exit_status_says_what_was_written(tmp_path):
+    """rc 2 and one `error:` line (no traceback, no output) for a split root, a bad --size or nothing written;
+    rc 1 with the count when some scenes were bad; rc 0 when all were written."""
+    exe = [sys.executable, "-m", "zipsplat_ns.cli", "shards"]
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        """Run in tmp_path (short relative paths); the output with its line wrapping undone."""
+        out = subprocess.run(exe + list(args), capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+        assert "Traceback" not in out.stderr, out.stderr
+        return out.returncode, " ".join(out.stdout.split()), " ".join(out.stderr.split())
+
+    _split_root(tmp_path)
+    rc, _, err = cli("repack", "data", "o1")
+    assert rc == 2 and err.startswith("error: shards repack: data holds no *.tar shards itself")
+    assert "run it on data/test-scenes and data/train-scenes" in err
+    rc, _, err = cli("resize", "data/train-scenes", "o2", "--size", "0")
+    assert rc == 2 and "error: shards resize: --size must be a positive multiple of 14" in err
+    with ShardWriter(tmp_path / "bad", validate=False) as w:
+        w.add(_undecodable("bad_a"))
+    rc, out, err = cli("resize", "bad", "o3", "--size", "28")
+    assert rc == 2 and "bad_a" in out and "error: shards resize: nothing to write from bad" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "data"]  # o1, o2, o3: nothing, no staging
+    with ShardWriter(tmp_path / "mixed", validate=False) as w:
+        w.add(make_scene("good"))
+        w.add(_undecodable("bad_a"))
+    rc, _, err = cli("repack", "mixed", "o4")
+    assert rc == 1 and "wrote 1 scene(s) to o4; 1 bad scene(s) were skipped" in err
+    assert read_index(tmp_path / "o4") == {"good": "shard-000000.tar"}
+    rc, out, err = cli("resize", "data/train-scenes", "o5", "--size", "28")
+    assert rc == 0 and "wrote 2 scene(s) to o5" in err, out + err
 
 
 def _replace_member(shard: Path, name: str, data: bytes) -> None:

@@ -16,13 +16,17 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, make_dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import tyro
 from rich.console import Console
 from typing_extensions import Annotated
+
+if TYPE_CHECKING:
+    from zipsplat_ns.data.shard_tools import CheckReport
 
 console = Console(stderr=True)
 
@@ -61,9 +65,34 @@ _Dst = Annotated[Path, tyro.conf.Positional,
                                                     "--overwrite).")]  # fmt: skip
 
 
+def _report_rewrite(run: Callable[[], CheckReport], dst: Path) -> int:
+    """Run a ``repack`` / ``resize`` call, print its check table and say what was written.
+
+    Exit status 0 when every scene was written, 1 when some were bad (skipped and listed: the output lacks them). A
+    run that wrote nothing prints the table of bad scenes and re-raises (``error: ...``, status 2); the output was
+    left as it was."""
+    from zipsplat_ns.data.shard_tools import NothingWritten, print_check_report
+
+    try:
+        report = run()
+    except NothingWritten as exc:
+        print_check_report(exc.report)
+        raise
+    print_check_report(report)
+    if report.bad:
+        console.print(f"[yellow]wrote {len(report.good)} scene(s) to {dst}; {len(report.bad)} bad scene(s) were "
+                      "skipped (listed above)[/yellow]")  # fmt: skip
+        return 1
+    console.print(f"wrote {len(report.good)} scene(s) to {dst}")
+    return 0
+
+
 @dataclass
 class ShardsRepack:
-    """Copy the valid scenes of SRC into DST with a new shard size (bad scenes are skipped and listed)."""
+    """Copy the valid scenes of SRC into DST with a new shard size (bad scenes are skipped and listed).
+
+    SRC is one shard directory (e.g. train-scenes/). Exit status 1 when bad scenes were skipped; an error, and DST left
+    as it was, when SRC holds no shards or no scene could be written."""
 
     src: _Src
     dst: _Dst
@@ -73,34 +102,34 @@ class ShardsRepack:
     """Replace shards already in DST (only once the new ones are complete)."""
 
     def main(self) -> int:
-        from zipsplat_ns.data.shard_tools import print_check_report, repack_shards
+        from zipsplat_ns.data.shard_tools import repack_shards
 
-        report = repack_shards(self.src, self.dst, shard_size_mb=self.shard_size_mb, overwrite=self.overwrite)
-        print_check_report(report)
-        console.print(f"wrote {len(report.good)} scene(s) to {self.dst}")
-        return 0
+        return _report_rewrite(lambda: repack_shards(self.src, self.dst, shard_size_mb=self.shard_size_mb,
+                                                     overwrite=self.overwrite), self.dst)  # fmt: skip
 
 
 @dataclass
 class ShardsResize:
-    """Write square SIZE x SIZE copies of SRC into DST (resize to cover, centre crop, intrinsics and depth updated)."""
+    """Write square SIZE x SIZE copies of SRC into DST (resize to cover, centre crop, intrinsics and depth updated).
+
+    SRC is one shard directory (e.g. train-scenes/). Exit status 1 when bad scenes were skipped; an error, and DST left
+    as it was, when SRC holds no shards or no scene could be written."""
 
     src: _Src
     dst: _Dst
     size: int = 252
-    """Output side length in pixels."""
+    """Output side length in pixels: a positive multiple of 14, the network's patch size (252, its native size, by
+    default). Checked before anything is read or written."""
     shard_size_mb: float = 512.0
     """Target shard size in MB."""
     overwrite: bool = False
     """Replace shards already in DST (only once the new ones are complete)."""
 
     def main(self) -> int:
-        from zipsplat_ns.data.shard_tools import print_check_report, resize_shards
+        from zipsplat_ns.data.shard_tools import resize_shards
 
-        report = resize_shards(self.src, self.dst, size=self.size, shard_size_mb=self.shard_size_mb, overwrite=self.overwrite)
-        print_check_report(report)
-        console.print(f"wrote {len(report.good)} scene(s) to {self.dst}")
-        return 0
+        return _report_rewrite(lambda: resize_shards(self.src, self.dst, size=self.size, shard_size_mb=self.shard_size_mb,
+                                                     overwrite=self.overwrite), self.dst)  # fmt: skip
 
 
 @dataclass

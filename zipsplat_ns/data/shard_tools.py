@@ -158,12 +158,56 @@ def print_check_report(report: CheckReport) -> None:
     c.print("[green]OK[/green]" if report.ok else "[red]problems found[/red]")
 
 
+class NothingWritten(ValueError):
+    """``repack`` / ``resize`` found shards but no scene could be written; nothing was put in the output.
+
+    ``report`` lists every bad scene with its reason, so a caller can show why before the error."""
+
+    def __init__(self, message: str, report: CheckReport):
+        super().__init__(message)
+        self.report = report
+
+
+def require_shards(src: Path, what: str) -> None:
+    """Raise ``ValueError`` (before any output is created) when ``src`` holds no ``*.tar`` shards.
+
+    Shards one level down (``train-scenes/``, ``test-scenes/`` as ``synth`` and the converters write them) are named,
+    since a shard directory is exactly one split: the command has to be run on each of them."""
+    src = Path(src)
+    if list_shards(src):  # FileNotFoundError naming src when it is not a directory
+        return
+    nested = sorted(d for d in src.iterdir() if d.is_dir() and any(p.is_file() for p in d.glob("*.tar")))
+    if nested:
+        runs = " and ".join(str(d) for d in nested)
+        raise ValueError(f"shards {what}: {src} holds no *.tar shards itself, but its sub-folder(s) "
+                         f"{', '.join(d.name + '/' for d in nested)} do; run it on {runs} (one output each)")  # fmt: skip
+    raise ValueError(f"shards {what}: {src} holds no *.tar shards (expected a shard directory with index.json, "
+                     "e.g. a train-scenes/ folder written by `zipsplat-ns synth` or `zipsplat-ns convert`)")  # fmt: skip
+
+
+def _nothing_written(report: CheckReport, what: str, dst: Path) -> NothingWritten:
+    """The error for a run that wrote no scene (raised inside the ``with`` block, so the writer drops its staging)."""
+    if report.bad:
+        reasons = "; ".join(f"{k}: {r}" for _, k, r in report.bad[:3]) + (" ..." if len(report.bad) > 3 else "")
+        why = f"all {len(report.bad)} scene(s) are bad ({reasons})"
+    else:
+        why = f"its {report.num_shards} shard(s) hold no scenes"
+    return NothingWritten(f"shards {what}: nothing to write from {report.shard_dir}: {why}; {dst} was left as it was",
+                          report)  # fmt: skip
+
+
 def repack_shards(src: Path, dst: Path, *, shard_size_mb: float = 512.0, overwrite: bool = False) -> CheckReport:
-    """Copy every valid scene of ``src`` into ``dst`` with a new shard size; bad scenes are skipped and reported."""
+    """Copy every valid scene of ``src`` into ``dst`` with a new shard size; bad scenes are skipped and reported.
+
+    Raises ``ValueError`` before creating anything when ``src`` holds no shards, and :class:`NothingWritten` (leaving
+    ``dst`` as it was) when no scene is valid: an empty output would look like a successful repack."""
+    require_shards(src, "repack")
     report = CheckReport(Path(src))
     with ShardWriter(dst, shard_size_mb, overwrite=overwrite) as w:
         for _, scene in iter_good_scenes(Path(src), report, desc="repacking"):
             w.add(scene)
+        if not w.index:
+            raise _nothing_written(report, "repack", Path(dst))
     return report
 
 
@@ -193,8 +237,23 @@ def resize_scene(scene: RawScene, size: int) -> RawScene:
     )  # fmt: skip
 
 
+def check_crop_size(size: int) -> None:
+    """Raise ``ValueError`` unless ``size`` is a positive multiple of the network's 14 px patch (252 = 18 x 14 is its
+    native size): square copies are meant to be fed as they are, and the network refuses any other side."""
+    from zipsplat_ns.models.backbone import PATCH_SIZE
+
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < PATCH_SIZE or size % PATCH_SIZE:
+        raise ValueError(f"shards resize: --size must be a positive multiple of {PATCH_SIZE} (the network's patch size; "
+                         f"252 is its native size), got {size!r}")  # fmt: skip
+
+
 def resize_shards(src: Path, dst: Path, *, size: int = 252, shard_size_mb: float = 512.0, overwrite: bool = False) -> CheckReport:
-    """Write square ``size`` copies of every valid scene of ``src`` into ``dst``."""
+    """Write square ``size`` copies of every valid scene of ``src`` into ``dst``.
+
+    ``size`` and ``src`` are checked before anything is created (:func:`check_crop_size`, :func:`require_shards`);
+    :class:`NothingWritten` (``dst`` left as it was) when no scene could be resized."""
+    check_crop_size(size)
+    require_shards(src, "resize")
     report = CheckReport(Path(src))
     with ShardWriter(dst, shard_size_mb, overwrite=overwrite) as w:
         for _, scene in iter_good_scenes(Path(src), report, desc=f"resizing to {size}"):
@@ -203,8 +262,12 @@ def resize_shards(src: Path, dst: Path, *, size: int = 252, shard_size_mb: float
             except (ValueError, SceneError) as exc:
                 report.good.remove(scene.key)
                 report.bad.append(("-", scene.key, str(exc)))
+        if not w.index:
+            raise _nothing_written(report, "resize", Path(dst))
     return report
 
 
-__all__ = ["CheckReport", "check_shards", "print_check_report", "repack_shards", "resize_shards", "resize_scene"]
-
+__all__ = [
+    "CheckReport", "NothingWritten", "check_crop_size", "check_shards", "print_check_report", "repack_shards",
+    "require_shards", "resize_scene", "resize_shards",
+]  # fmt: skip
