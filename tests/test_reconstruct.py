@@ -5,6 +5,7 @@ nerfstudio data with priors, shard scenes, released-style weight files by refere
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,17 @@ def test_options_are_checked_before_any_work(tmp_path):
         with pytest.raises(ReconstructError, match="--device cuda, but torch sees no CUDA GPU here; use --device cpu"):
             run("--weights", "random-tiny", "--device", "cuda")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "imgs"]
+
+
+def test_folders_left_by_a_killed_run_are_removed(tmp_path):
+    """A staging folder whose process is gone (SIGKILL) is removed by the next run; one of a live process is kept."""
+    imgs = write_images(tmp_path / "imgs", [(64, 48), (48, 64)])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone, live = tmp_path / f".out.partial-{int(dead.stdout)}", tmp_path / f".out.partial-{os.getppid()}"
+    for d in (gone, live):
+        (d / "data").mkdir(parents=True)
+    reconstruct(imgs, tmp_path / "out")
+    assert not gone.exists() and live.is_dir() and (tmp_path / "out" / "scene.ply").is_file()
 
 
 def test_unreadable_and_damaged_images_are_named(tmp_path):

@@ -180,6 +180,26 @@ def stage_input(
     return StagedInput(key, frames, posed, view_names, skipped)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its folder
+    return True
+
+
+def _remove_abandoned(final: Path) -> None:
+    """Delete the staging / old-copy folders of ``final`` that a killed reconstruct left behind (their process is
+    gone; a running one keeps its own). A clean exit or Ctrl-C removes them itself, a SIGKILL cannot."""
+    for p in final.parent.glob(f".{final.name}.*-*"):
+        kind, _, pid = p.name[len(final.name) + 2 :].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and p.is_dir() and not _pid_alive(int(pid)):
+            logger.info("reconstruct: removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------------------- weights
 @dataclass
 class WeightsPlan:
@@ -370,6 +390,7 @@ class ReconstructCommand:
                                    "--device cpu (or auto)")  # fmt: skip
         plan = plan_weights(self.weights, self.variant, self.seed, self.gaussians_per_token)
         final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(final)
         stage = final.parent / f".{final.name}.partial-{os.getpid()}"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir()
