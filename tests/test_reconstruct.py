@@ -146,7 +146,8 @@ def test_options_are_checked_before_any_work(tmp_path):
 def test_folders_left_by_a_killed_run_are_removed(tmp_path):
     """A staging folder whose process is gone (SIGKILL) is removed by the next run; one of a live process is kept."""
     imgs = write_images(tmp_path / "imgs", [(64, 48), (48, 64)])
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     gone, live = tmp_path / f".out.partial-{int(dead.stdout)}", tmp_path / f".out.partial-{os.getppid()}"
     for d in (gone, live):
         (d / "data").mkdir(parents=True)

@@ -127,10 +127,9 @@ def stage_input(
     reported; every context image is decoded here, so a damaged one fails now, by name."""
     from zipsplat_ns.data.converters import ConvertError, convert_media, convert_nerfstudio
     from zipsplat_ns.data.dataset import ShardDirectory
+    from zipsplat_ns.data.images import decode_image
     from zipsplat_ns.data.scene import SceneError
     from zipsplat_ns.data.shards import ShardWriter
-
-    from zipsplat_ns.data.images import decode_image
 
     if scene is not None and kind != "shards":
         raise ReconstructError("reconstruct: --scene only applies to a shard folder")

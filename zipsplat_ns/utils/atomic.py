@@ -15,11 +15,10 @@ from typing import IO, Iterator, Union
 def _umask() -> int:
     """The process umask, read without changing it where the OS says it (Linux); elsewhere set and restored at once
     (the umask is process-wide, so another thread could create a file in that instant with the temporary one)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
