@@ -169,7 +169,7 @@ def stage_input(
     if not (isinstance(names, list) and len(names) == raw.num_views):
         names = [f"view {i}" for i in range(raw.num_views)]
     view_names = [str(names[i]) for i in frames]
-    for i, name in zip(frames, view_names):
+    for i, name in zip(frames, view_names, strict=True):
         try:
             decode_image(raw.images[i], name=name)
         except ValueError as exc:
