@@ -7,7 +7,7 @@
 - a flat range (``d_max - d_min < 1e-6``) stores 128 everywhere valid, which decodes to ``d_min``.
 
 The step between codes is ``ln(d_max / d_min) / 254`` in log depth, so the relative error is at most
-``expm1(ln(d_max / d_min) / 508)``: 0.9 % for a 100x depth range, below 1 % up to about 158x.
+``expm1(ln(d_max / d_min) / 508)``: 0.9 % for a 100x depth range, below 1 % up to about 156x.
 """
 
 from __future__ import annotations
