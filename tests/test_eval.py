@@ -311,6 +311,18 @@ def test_scenes_without_depth_are_skipped_as_the_protocol_does(tmp_path):
     with pytest.raises(RuntimeError, match=r"none of the 1 scene\(s\) could be evaluated.*no_depth.*--baseline-without-depth"):
         cli(*BASE, "--index-file", str(only), "--shard-dir", str(shards), "--views", "3", "--no-align-poses",
             "--output-dir", str(tmp_path / "c"))  # fmt: skip
+    # inside a training run (strict=False) the same index warns and yields empty results instead of stopping it
+    from zipsplat_ns.eval.benchmarks import ResolvedBenchmark
+    from zipsplat_ns.eval.runner import EvalOptions, evaluate, load_network, net_model_fn
+
+    net, _ = load_network("random-tiny", variant="tiny", image_size=56, gaussians_per_token=1)
+    opts = EvalOptions(align_poses=False, image_size=56, progress=False, strict=False)
+    rep = evaluate(net_model_fn(net), ResolvedBenchmark("custom", 3, only, shards), options=opts)
+    assert rep["results"]["num_scenes"] == 0 and rep["results"]["num_skipped"] == 1
+    no_tgt = tmp_path / "no_tgt.json"
+    no_tgt.write_text(json.dumps({"with-depth": {"context": [0, 6, 11]}, "no-depth": entry}))
+    rep = evaluate(net_model_fn(net), ResolvedBenchmark("custom", 3, no_tgt, shards), options=opts)
+    assert rep["results"]["num_scenes"] == 0 and list(rep["skipped_scenes"]) == ["no-depth"]
 
     from zipsplat_ns.datamanagers import ZipSplatDataManagerConfig
 

@@ -413,6 +413,7 @@ class ZipSplatPipeline(VanillaPipeline):
                 self, output_path, views=b.views, align_poses=b.align_poses, refine=preset(b.preset, num_steps=b.refine_steps),
                 use_priors=b.use_priors, max_scenes=b.max_scenes_in_training if step is not None else None,
                 save_renders=output_path is not None, progress=step is None, benchmark_name=b.name or "custom",
+                strict=step is None,  # inside a training run an index that cannot be measured warns, never stops it
             )  # fmt: skip
             if not get_std:
                 out = {k: v for k, v in out.items() if not k.endswith("_std")}

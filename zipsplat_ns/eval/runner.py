@@ -86,6 +86,9 @@ class EvalOptions:
     """Scale normalisation from depth; False = the camera-baseline scale for every scene (labelled 'baseline')."""
     require_depth: bool = True
     """With use_depth: skip scenes without valid depth (the protocol); False = their camera-baseline scale."""
+    strict: bool = True
+    """Raise when the index cannot be measured (entries without targets, no scene in the shards, no scene
+    evaluated); False (the evaluation inside a training run) logs a warning instead, so the run goes on."""
     image_size: int = 252
     """Square crop size (the protocol uses 252)."""
     compression: float = 1.0
@@ -505,15 +508,22 @@ def evaluate(
     missing_list = list(check.missing)
     no_targets = [k for k in check.index.scenes if len(check.index.get(k).target) == 0]
     if no_targets:
-        raise IndexFileError(
+        err = IndexFileError(
             str(bench.index_file), [f"{k}: no 'target' views (evaluation measures the target views)" for k in no_targets]
         )
-    if not scenes:
-        raise FileNotFoundError(
+        if opts.strict:
+            raise err
+        logger.warning("%s; those scenes are skipped", err)
+        scenes = [k for k in scenes if k not in set(no_targets)]
+    if not check.scenes:
+        err = FileNotFoundError(
             f"{bench.tag}: none of the {len(missing_list)} scene(s) of {bench.index_file} is in {bench.shard_dir} "
             f"(index keys such as {', '.join(missing_list[:3])}); point --shard-dir at the benchmark's converted test "
             "shards (zipsplat-ns convert ...), whose scene keys the index names"
         )
+        if opts.strict:
+            raise err
+        logger.warning("%s", err)
     if opts.max_scenes is not None:
         scenes = scenes[: max(0, int(opts.max_scenes))]
     refine_cfg = opts.refine_config() if opts.align_poses else None
@@ -618,14 +628,17 @@ def evaluate(
             "%s: %d index scene(s) missing from %s: %s%s", bench.tag, len(missing_list), bench.shard_dir,
             ", ".join(missing_list[:10]), " ..." if len(missing_list) > 10 else "",
         )  # fmt: skip
-    if rows and not any(r.get("status") == "ok" for r in rows):
+    if skipped and not any(r.get("status") == "ok" for r in rows):
         reasons = Counter(str(r).split(":")[0] for r in skipped.values())
         hint = (" Scenes without depth: add it ('zipsplat-ns depth'), or evaluate them at the camera-baseline scale "
                 "(--baseline-without-depth; not the protocol)." if reasons.get("no_depth") else "")  # fmt: skip
-        raise RuntimeError(
-            f"{bench.tag}: none of the {len(rows)} scene(s) could be evaluated (skipped: {dict(reasons)}); "
+        err = RuntimeError(
+            f"{bench.tag}: none of the {len(skipped)} scene(s) could be evaluated (skipped: {dict(reasons)}); "
             f"see {folder / 'results.json' if folder is not None else 'the log'}.{hint}"
         )
+        if opts.strict:
+            raise err
+        logger.warning("%s", err)
     return report
 
 
@@ -663,6 +676,7 @@ def run_benchmark_for_pipeline(
     experiment_name: str = "zipsplat-eval",
     checkpoint: str = "",
     full_report: bool = False,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark of ``pipeline.datamanager.config.eval_index_file`` with ``pipeline.model.net``.
 
@@ -672,7 +686,8 @@ def run_benchmark_for_pipeline(
 
     Returns nerfstudio's flat results dict (floats: ``psnr``, ``psnr_std``, ..., ``num_scenes``, ``num_missing``,
     ``num_skipped``), i.e. what ``get_average_eval_image_metrics`` returns; ``full_report=True`` returns the whole
-    report (settings, scale source, missing and skipped scenes) instead.
+    report (settings, scale source, missing and skipped scenes) instead. ``strict=False`` (the trainer's evaluation) logs a warning where
+    an index cannot be measured instead of raising (:attr:`EvalOptions.strict`).
     """
     dm = pipeline.datamanager
     index_file = getattr(dm.config, "eval_index_file", None)
@@ -703,6 +718,7 @@ def run_benchmark_for_pipeline(
         save_renders=save_renders,
         overwrite=overwrite,
         progress=progress,
+        strict=strict,
     )
     for extra in shard_dirs[1:]:
         logger.warning("run_benchmark_for_pipeline: only the first eval shard directory is validated (%s)", extra)
