@@ -59,6 +59,9 @@ def test_next_train_on_cpu_with_documented_shapes(roots):
         assert batch["context_index"].dtype == torch.int64 and batch["target_index"].shape == (B, 4)
         assert all(isinstance(v, torch.Tensor) for v in batch.values())
         assert dm.get_train_rays_per_batch() == B * 4 * S * S
+        dm.target_downscale = 2  # targets rendered at half size (the model's render_downscale): a quarter the pixels
+        assert dm.get_train_rays_per_batch() == B * 4 * (S // 2) ** 2
+        dm.target_downscale = 1
         seen |= set(dm.last_batch_info["dataset"])
     assert seen <= {"synth", "other"} and sum(dm.scale_source_counts.values()) >= 4
     assert dm.set_max_views(100) == 6 and dm.set_max_views(1) == 2

@@ -368,6 +368,8 @@ def _make_run_dir(root: Path, data: Path, configure=None) -> Path:
         configure(cfg)
     torch.manual_seed(0)
     pipe = cfg.pipeline.setup(device="cpu", test_mode="test")
+    # nerfstudio's "Train Rays / Sec" counts the supervised pixels: the targets are rendered at render_downscale
+    assert pipe.datamanager.target_downscale == cfg.pipeline.model.render_downscale
     cfg.save_config()
     ckpt = cfg.get_checkpoint_dir()
     ckpt.mkdir(parents=True, exist_ok=True)

@@ -247,3 +247,7 @@ def test_training_length_warnings_cover_resume_and_from_scratch(caplog):
     assert "resuming at step 200" in resume and "--max-num-iterations 100 to stop" in resume
     assert any("training length" in m for m in messages(0, 50, weights="w.tar"))
     assert any("training from scratch" in m and "cam_enc" in m for m in messages(0, 300))
+    assert not any("training from scratch" in m for m in messages(200, 100))  # resumed: it has its weights
+    (done,) = messages(300, 10, weights="w.tar")  # a checkpoint at the end: never "--max-num-iterations 0"
+    assert "the end of total_steps 300" in done and "raise --pipeline.model.total-steps" in done
+    assert "--max-num-iterations 0" not in done

@@ -232,6 +232,7 @@ class ZipSplatPipeline(VanillaPipeline):
         )
         self.model.to(device)
         self.model.seed_rng(self._model_seed())
+        self.datamanager.target_downscale = max(1, int(getattr(config.model, "render_downscale", 1)))
         if self.world_size > 1:
             self.model.distributed = True
             self._model = typing.cast(
@@ -618,14 +619,22 @@ class ZipSplatPipeline(VanillaPipeline):
                 "--optimizers.{backbone,head}.scheduler.max-steps together with --max-num-iterations)",
                 n, total, dict(sched),
             )  # fmt: skip
+        elif start > 0 and start >= total:
+            logger.warning(
+                "training length: resuming at step %d, the end of total_steps %d: the schedules are over "
+                "(the learning rate is 0 from there on). To train on, raise --pipeline.model.total-steps and "
+                "--optimizers.{backbone,head}.scheduler.max-steps together",
+                start, total,
+            )  # fmt: skip
         elif start > 0 and start + n > total:
             logger.warning(
                 "training length: resuming at step %d, --max-num-iterations %d runs to step %d, past total_steps %d "
                 "(the learning rate is 0 from there on); pass --max-num-iterations %d to stop at total_steps",
-                start, n, start + n, total, max(0, total - start),
+                start, n, start + n, total, total - start,
             )  # fmt: skip
         m = self.model.config
-        if self._is_main() and getattr(m, "weights", None) is None and getattr(m, "backbone_weights", None) is None:
+        no_weights = getattr(m, "weights", None) is None and getattr(m, "backbone_weights", None) is None
+        if self._is_main() and start == 0 and no_weights:  # a resumed run continues from its checkpoint
             logger.warning(
                 "training from scratch: no --pipeline.model.backbone-weights (converted DA3 weights, "
                 "scripts/convert_da3_weights.py) or --pipeline.model.weights, so the ViT starts from random weights "

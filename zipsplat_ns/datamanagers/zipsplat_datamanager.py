@@ -211,6 +211,7 @@ class ZipSplatDataManager(DataManager):
         self.train_specs, self.eval_specs = self._build_specs()
         self.skip_counts: Counter = Counter()
         self.viewer_scenes_skipped: List[str] = []  # scenes picked for the viewer that could not be loaded
+        self.target_downscale = 1  # the model's render_downscale (the pipeline sets it): supervised pixels per view
         self.scale_source_counts: Counter = Counter()
         self.benchmark_missing: List[str] = []
         self.last_batch_info: Dict[str, List[str]] = {}
@@ -414,14 +415,16 @@ class ZipSplatDataManager(DataManager):
         return int(self._max_views.value)
 
     def get_train_rays_per_batch(self) -> int:
-        """Pixels of the supervised (target) renders per step: ``B * Vt * S * S`` of the last batch (an estimate at
-        the current max view count before the first batch)."""
+        """Pixels of the supervised (target) renders per step: ``B * Vt * (S / d)^2`` of the last batch (an estimate
+        at the current max view count before the first batch), ``d`` the model's ``render_downscale``
+        (:attr:`target_downscale`, set by the pipeline): what nerfstudio's "Train Rays / Sec" counts."""
         c = self.config
         if self._last_shape is not None:
             b, vt = self._last_shape
         else:
             b, vt = max(1, c.image_budget // max(1, self.current_max_views())), c.num_target_views
-        return int(b * vt * c.image_size * c.image_size)
+        side = c.image_size // max(1, int(self.target_downscale))
+        return int(b * vt * side * side)
 
     def get_eval_rays_per_batch(self) -> int:
         c = self.config
