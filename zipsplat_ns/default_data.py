@@ -88,7 +88,8 @@ def ensure_default_data(
     console = Console(stderr=True)
     console.print(
         f"[bold]zipsplat_ns[/bold]: no --data given; generating the built-in synthetic dataset "
-        f"({spec.num_scenes} scenes x {spec.views} views, {spec.size}px) into {final} (once, then reused)"
+        f"({spec.num_scenes} scenes x {spec.views} views, {spec.size}px) into {final} (once, then reused)",
+        soft_wrap=True,  # one line: a path broken at the console width (80 when stderr is not a terminal) is unusable
     )
     from zipsplat_ns.data.synth import synth_main
 
@@ -118,7 +119,8 @@ def ensure_default_data(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    console.print(f"[bold]zipsplat_ns[/bold]: synthetic dataset ready in {time.perf_counter() - t0:.1f} s: {final}")
+    console.print(f"[bold]zipsplat_ns[/bold]: synthetic dataset ready in {time.perf_counter() - t0:.1f} s: {final}",
+                  soft_wrap=True)  # fmt: skip
     return final
 
 
