@@ -17,8 +17,10 @@ Training step (:meth:`ZipSplatPipeline.get_train_loss_dict`):
 Without ``--data`` (datamanager ``data`` and ``datasets`` unset) the built-in synthetic dataset of
 :mod:`zipsplat_ns.default_data` is generated on first use and used.
 
-Logging: nerfstudio writes the loss terms, the metrics (PSNR, Gaussian count, compression, view count, activated
-fraction, skip counts, throughput) and the learning rates to TensorBoard; the periodic "Eval Images" grids show the
+Logging: nerfstudio writes the loss terms ("Train Loss Dict": each term times its weight, as summed into the loss),
+the metrics ("Train Metrics Dict": PSNR, the unweighted terms as ``loss_<term>``, Gaussian count, compression (the
+fraction of tokens kept), view count, activated fraction, skip counts, throughput) and the learning rates to
+TensorBoard; the periodic "Eval Images" grids show the
 context views, the target views and the renders. In addition, rank 0 appends one JSON line per step (step, loss,
 every metric) to ``<run dir>/zipsplat_metrics.jsonl``, next to ``config.yml``, never inside ``nerfstudio_models/``
 (``--load-dir`` parses every file name there as a checkpoint).
