@@ -429,6 +429,39 @@ def test_run_dir_and_pipeline_paths_agree_with_the_weights_path(tmp_path, bench)
         run_benchmark_for_pipeline(pipe, folder, views=3, refine=ref, max_scenes=1, progress=False)
 
 
+def test_throughput_leaves_out_evaluations_between_steps(tmp_path, bench, monkeypatch):
+    """images_per_s is context images over the time between two training steps minus the evaluation run between
+    them (a fake clock: 12 s between the steps, 7 of them evaluating)."""
+    pytest.importorskip("nerfstudio")
+    import copy
+
+    import zipsplat_ns.pipeline as P
+    from zipsplat_ns.config import zipsplat_tiny_method
+
+    cfg = copy.deepcopy(zipsplat_tiny_method.config)
+    cfg.pipeline.datamanager.data = bench["shards"].parent
+    cfg.pipeline.datamanager.num_workers = 0
+    cfg.pipeline.datamanager.eval_num_workers = 0
+    cfg.pipeline.model.gaussians_per_token = 1
+    pipe = cfg.pipeline.setup(device="cpu", test_mode="val")
+    clock = type("Clock", (), {"t": 0.0})()
+    monkeypatch.setattr(P.time, "perf_counter", lambda: clock.t)
+    pipe.get_train_loss_dict(0)
+    images = pipe._last_images
+    clock.t = 5.0
+    next_eval = pipe.datamanager.next_eval
+
+    def slow_eval(step):
+        clock.t += 7.0
+        return next_eval(step)
+
+    monkeypatch.setattr(pipe.datamanager, "next_eval", slow_eval)
+    pipe.get_eval_loss_dict(1)
+    clock.t = 12.0
+    _, _, metrics = pipe.get_train_loss_dict(1)
+    assert float(metrics["images_per_s"]) == pytest.approx(images / 5.0)
+
+
 def test_a_run_loads_without_its_starting_weights_file(tmp_path, bench):
     """ns-eval / ns-viewer / ns-export restore the whole network from the run's checkpoint, so the DA3 file that
     training started from (``backbone_weights``) is not read and may be gone; training itself still needs it."""

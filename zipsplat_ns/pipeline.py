@@ -12,7 +12,7 @@ Training step (:meth:`ZipSplatPipeline.get_train_loss_dict`):
 3. ``outputs = self._model(inputs)`` (through DDP), then ``get_metrics_dict`` / ``get_loss_dict`` on ``self.model``;
 4. metrics also carry the datamanager's skip counters (``skipped_scenes``), the scenes' scale sources
    (``scale_source/depth``, ``scale_source/baseline``) and the throughput (``images_per_s``:
-   context images per second over the whole previous iteration, all ranks).
+   context images per second over the previous iteration, all ranks, evaluations in between left out).
 
 Without ``--data`` (datamanager ``data`` and ``datasets`` unset) the built-in synthetic dataset of
 :mod:`zipsplat_ns.default_data` is generated on first use and used.
@@ -37,6 +37,7 @@ the model (see :mod:`zipsplat_ns.models.zipsplat_model`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -178,6 +179,20 @@ def _floats(d: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
+def _eval_time(fn):
+    """Count a pipeline method's time as evaluation between training steps, left out of ``images_per_s``."""
+
+    @functools.wraps(fn)
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._eval_seconds += time.perf_counter() - t0
+
+    return timed
+
+
 class ZipSplatPipeline(VanillaPipeline):
     """Multi-scene feed-forward training pipeline (see the module docstring)."""
 
@@ -252,6 +267,7 @@ class ZipSplatPipeline(VanillaPipeline):
         self._scene_key: Optional[str] = None
         self._setup_viewer_controls()
         self._last_call: Optional[float] = None
+        self._eval_seconds = 0.0  # evaluation time since the last training step, left out of images_per_s
         self._last_images = 0
         self._last_record: Dict[str, float] = {}
         self._grad_guard_installed = False
@@ -303,9 +319,10 @@ class ZipSplatPipeline(VanillaPipeline):
         c = dm.config
         now = time.perf_counter()
         throughput = None
-        if self._last_call is not None and now > self._last_call:
-            throughput = self._last_images * self.world_size / (now - self._last_call)
-        self._last_call = now
+        busy = (now - self._last_call - self._eval_seconds) if self._last_call is not None else 0.0
+        if busy > 0:
+            throughput = self._last_images * self.world_size / busy
+        self._last_call, self._eval_seconds = now, 0.0
         self._train_calls += 1
         current_max = dm.set_max_views(
             max_views(
@@ -345,6 +362,7 @@ class ZipSplatPipeline(VanillaPipeline):
     def _skip_eval(self) -> bool:
         return self.world_size > 1 and self.config.eval_rank0_only and not self._is_main()
 
+    @_eval_time
     @torch.no_grad()
     def get_eval_loss_dict(self, step: int):
         if self._skip_eval():
@@ -374,6 +392,7 @@ class ZipSplatPipeline(VanillaPipeline):
         rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
         return torch.cat(rows, -2).permute(1, 2, 0).clamp(0, 1).float().cpu()
 
+    @_eval_time
     @torch.no_grad()
     def get_eval_image_metrics_and_images(self, step: int):
         if self._skip_eval():
@@ -392,6 +411,7 @@ class ZipSplatPipeline(VanillaPipeline):
         metrics["num_gaussians"] = float(outputs["means"].shape[1])
         return metrics, images
 
+    @_eval_time
     @torch.no_grad()
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
