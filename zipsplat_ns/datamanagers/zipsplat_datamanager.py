@@ -81,7 +81,9 @@ class ZipSplatDataManagerConfig(DataManagerConfig):
 
     _target: Type = field(default_factory=lambda: ZipSplatDataManager)
     data: Optional[Path] = None
-    """Shard root holding ``train-scenes/`` and ``test-scenes/``, or one shard directory (then used for both)."""
+    """Shard root holding ``train-scenes/`` and ``test-scenes/``, or one shard directory (then used for both). Left out
+    (with no ``datasets``): the built-in synthetic dataset, generated on first use into ``$ZIPSPLAT_CACHE`` (default
+    ``~/.cache/zipsplat_ns``). Make shards with ``zipsplat-ns convert ...`` or ``zipsplat-ns synth``."""
     datasets: Tuple[Tuple[str, Path, float], ...] = ()
     """Weighted mix ``(name, shard root or directory, weight)``; when given it replaces ``data`` for the streams."""
     sampler: Literal["bounded", "random"] = "bounded"
