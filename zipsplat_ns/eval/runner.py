@@ -508,22 +508,16 @@ def evaluate(
     missing_list = list(check.missing)
     no_targets = [k for k in check.index.scenes if len(check.index.get(k).target) == 0]
     if no_targets:
-        err = IndexFileError(
-            str(bench.index_file), [f"{k}: no 'target' views (evaluation measures the target views)" for k in no_targets]
-        )
-        if opts.strict:
-            raise err
-        logger.warning("%s; those scenes are skipped", err)
-        scenes = [k for k in scenes if k not in set(no_targets)]
+        problems = [f"{k}: no 'target' views (evaluation measures the target views)" for k in no_targets]
+        _refuse(opts, IndexFileError(str(bench.index_file), problems), "those scenes are skipped")
+        dropped = set(no_targets)
+        scenes = [k for k in scenes if k not in dropped]
     if not check.scenes:
-        err = FileNotFoundError(
+        _refuse(opts, FileNotFoundError(
             f"{bench.tag}: none of the {len(missing_list)} scene(s) of {bench.index_file} is in {bench.shard_dir} "
             f"(index keys such as {', '.join(missing_list[:3])}); point --shard-dir at the benchmark's converted test "
             "shards (zipsplat-ns convert ...), whose scene keys the index names"
-        )
-        if opts.strict:
-            raise err
-        logger.warning("%s", err)
+        ))  # fmt: skip
     if opts.max_scenes is not None:
         scenes = scenes[: max(0, int(opts.max_scenes))]
     refine_cfg = opts.refine_config() if opts.align_poses else None
@@ -632,14 +626,18 @@ def evaluate(
         reasons = Counter(str(r).split(":")[0] for r in skipped.values())
         hint = (" Scenes without depth: add it ('zipsplat-ns depth'), or evaluate them at the camera-baseline scale "
                 "(--baseline-without-depth; not the protocol)." if reasons.get("no_depth") else "")  # fmt: skip
-        err = RuntimeError(
+        _refuse(opts, RuntimeError(
             f"{bench.tag}: none of the {len(skipped)} scene(s) could be evaluated (skipped: {dict(reasons)}); "
             f"see {folder / 'results.json' if folder is not None else 'the log'}.{hint}"
-        )
-        if opts.strict:
-            raise err
-        logger.warning("%s", err)
+        ))  # fmt: skip
     return report
+
+
+def _refuse(opts: EvalOptions, err: Exception, then: str = "") -> None:
+    """An index that cannot be measured: raise ``err`` (``opts.strict``), else log it as a warning and go on."""
+    if opts.strict:
+        raise err
+    logger.warning("%s%s", err, f"; {then}" if then else "")
 
 
 # ------------------------------------------------------------------------------------------------- pipeline
@@ -686,8 +684,8 @@ def run_benchmark_for_pipeline(
 
     Returns nerfstudio's flat results dict (floats: ``psnr``, ``psnr_std``, ..., ``num_scenes``, ``num_missing``,
     ``num_skipped``), i.e. what ``get_average_eval_image_metrics`` returns; ``full_report=True`` returns the whole
-    report (settings, scale source, missing and skipped scenes) instead. ``strict=False`` (the trainer's evaluation) logs a warning where
-    an index cannot be measured instead of raising (:attr:`EvalOptions.strict`).
+    report (settings, scale source, missing and skipped scenes) instead. ``strict=False`` (the trainer's evaluation)
+    logs a warning where an index cannot be measured instead of raising (:attr:`EvalOptions.strict`).
     """
     dm = pipeline.datamanager
     index_file = getattr(dm.config, "eval_index_file", None)
