@@ -184,9 +184,8 @@ def load_ply(path: Union[str, os.PathLike]) -> Gaussians:
         sh=sh,
     )
     g.validate_finite(f"load_ply: {path}")
-    qnorm = g.quats.norm(dim=-1)
-    if bool((qnorm < 1e-12).any()):
-        bad = torch.nonzero(qnorm < 1e-12)[:, 0].tolist()
+    bad = torch.nonzero(g.quats.norm(dim=-1) < 1e-12)[:, 0].tolist()
+    if bad:
         raise ValueError(
             f"load_ply: {path}: {len(bad)} Gaussian(s) with an all-zero rotation (rot_0..rot_3), e.g. vertices "
             f"{bad[:5]}; a rotation quaternion must be nonzero"

@@ -133,17 +133,15 @@ def stage_input(
 
     if scene is not None and kind != "shards":
         raise ReconstructError("reconstruct: --scene only applies to a shard folder")
-    skipped: List[Tuple[str, str]] = []
+    report = None  # the converter's report (shard input is copied as it is)
     try:
         if kind in ("images", "video"):
             report = convert_media(os.path.expanduser(source), data_dir, num_frames=num_frames, fov_deg=fov_deg,
                                    progress=progress)  # fmt: skip
-            skipped = [f for frames in report.skipped_frames.values() for f in frames]
         elif kind == "nerfstudio":
             report = convert_nerfstudio(Path(source).expanduser(), data_dir, progress=progress)
             if report.num_converted != 1:
                 raise ReconstructError(f"reconstruct: {source} could not be converted ({report.skipped})")
-            skipped = [f for frames in report.skipped_frames.values() for f in frames]
         else:
             src = ShardDirectory(Path(source).expanduser())
             keys = src.keys()
@@ -176,6 +174,7 @@ def stage_input(
             raise ReconstructError(
                 f"reconstruct: {source}: {name} cannot be decoded ({exc}); remove or replace that file"
             ) from exc
+    skipped = [f for fs in report.skipped_frames.values() for f in fs] if report is not None else []
     return StagedInput(key, frames, posed, view_names, skipped)
 
 

@@ -61,7 +61,7 @@ def _tf32_matmuls(enabled: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
-def _guess_layout(sd: Mapping[str, Tensor], sh_degree: int) -> tuple[str, int] | None:
+def _guess_layout(sd: Mapping[str, Tensor], params_per_gaussian: int) -> tuple[str, int] | None:
     """``(variant, Gaussians per token)`` that a ZipSplat state dict was saved from, when its ViT width, depth and
     head size say so; None otherwise."""
     pe, head = sd.get("backbone.backbone.patch_embed.proj.weight"), sd.get("gaussian_head.gaussian_head.1.weight")
@@ -70,10 +70,9 @@ def _guess_layout(sd: Mapping[str, Tensor], sh_degree: int) -> tuple[str, int] |
     prefix = "backbone.backbone.blocks."
     depth = 1 + max((int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)), default=-1)
     variants = [v for v, spec in BACKBONE_SPECS.items() if spec.embed_dim == pe.shape[0] and spec.depth == depth]
-    per = 11 + 3 * (sh_degree + 1) ** 2
-    if len(variants) != 1 or head.shape[0] % per:
+    if len(variants) != 1 or head.shape[0] % params_per_gaussian:
         return None
-    return variants[0], head.shape[0] // per
+    return variants[0], head.shape[0] // params_per_gaussian
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -372,7 +371,7 @@ class ZipSplat(nn.Module):
                  if x]  # fmt: skip
         cfg = self.config
         msg = f"the network is {cfg.variant!r} with {cfg.gaussians_per_token} Gaussians per token; " + "; ".join(parts)
-        guess = _guess_layout(sd, cfg.sh_degree)
+        guess = _guess_layout(sd, cfg.params_per_gaussian)
         if guess is not None:
             variant, gpt = guess
             msg += (f". The file looks like {variant!r} with {gpt} Gaussians per token: pass --variant {variant} "

@@ -142,8 +142,8 @@ class ZipSplatModelConfig(ModelConfig):
     mask_context_views: int = 0
     """Ours, opt-in: render only this many of a batch's context views for the activated mask, drawn per step at
     random without replacement (the same draw for every scene of the batch; deterministic in the seed, rank and
-    step, so a resumed run draws the same views). 0 = all of them (the reference: the mask is an OR over every context and
-    target view). The mask is an OR over views, so fewer views flag a subset of the Gaussians (the rest get chamfer
+    step, so a resumed run draws the same views). 0 = all of them (the reference: the mask is an OR over every
+    context and target view). The mask is an OR over views, so fewer views flag a subset of the Gaussians (the rest get chamfer
     gradients); the renders shrink in proportion. Values >= the view count render all views."""
     render_downscale: int = 1
     """Render and supervise the target views at 1/N of the input size in training (CPU demos; 1 = the recipe)."""
